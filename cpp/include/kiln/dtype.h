@@ -1,0 +1,58 @@
+#pragma once
+// Element types. The enum keeps room for half types; kernels exist for the rest.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace kiln {
+
+enum class DType : uint8_t { float32, float64, float16, bfloat16, int32, int64, uint8, bool_ };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+DType dtype_from_name(const std::string& name);  // throws kiln::Error on unknown names
+bool is_floating(DType t);
+bool is_integral(DType t);  // integers and bool
+// numpy's result_type for the dtypes kiln supports (int32 + float32 -> float64, as numpy).
+DType promote(DType a, DType b);
+
+// Calls f(T{}) with the C++ type of a runtime dtype; only the listed types are instantiated.
+#define KILN_DISPATCH_CASE(DT, T, ...) \
+  case DType::DT: {                    \
+    using scalar_t = T;                \
+    __VA_ARGS__;                       \
+    break;                             \
+  }
+#define KILN_DISPATCH_FLOAT(dtype, opname, ...)                                          \
+  switch (dtype) {                                                                        \
+    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
+    default:                                                                              \
+      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
+                          " is not supported (expected float32 or float64)");             \
+  }
+#define KILN_DISPATCH_NUMERIC(dtype, opname, ...)                                        \
+  switch (dtype) {                                                                        \
+    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
+    KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)                                       \
+    default:                                                                              \
+      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
+                          " is not supported");                                           \
+  }
+#define KILN_DISPATCH_ALL(dtype, opname, ...)                                            \
+  switch (dtype) {                                                                        \
+    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
+    KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)                                       \
+    KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__)                                          \
+    default:                                                                              \
+      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
+                          " is not supported");                                           \
+  }
+
+}  // namespace kiln

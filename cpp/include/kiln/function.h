@@ -1,0 +1,58 @@
+#pragma once
+// A compiled function: the graph slice from named inputs to named outputs (plus variable
+// updates), optimised once (dead code, common subexpressions, constant folding) and then
+// planned per concrete input shape: a static memory plan with liveness-based buffer reuse and
+// in-place elementwise ops. A call with a shape seen before allocates only its outputs.
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kiln/graph.h"
+
+namespace kiln {
+
+struct Program;
+struct Plan;
+
+struct PlanStats {
+  int steps = 0;          // kernels run per call
+  int buffers = 0;        // intermediate buffers in the plan
+  size_t buffer_bytes = 0;
+  int values = 0;         // intermediate values those buffers hold
+  int in_place = 0;       // values written over their input
+};
+
+class Function {
+ public:
+  // outputs: (name, value); updates: (variable, new value), applied after every call
+  // (only when training is true; an inference function never writes state).
+  Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
+           const std::vector<std::pair<Value, Value>>& updates = {}, bool training = true);
+  ~Function();
+  Function(Function&&) noexcept;
+  Function& operator=(Function&&) noexcept;
+
+  // Inputs by position; returns outputs in order. Inputs must match the declared dtype and
+  // shape (symbolic dims take any size), else kiln::Error names the input.
+  std::vector<Tensor> run(const std::vector<Tensor>& inputs);
+  std::map<std::string, Tensor> operator()(const std::map<std::string, Tensor>& feeds);
+
+  const std::vector<std::string>& input_names() const;
+  const std::vector<std::string>& output_names() const;
+  std::vector<TensorSpec> input_specs() const;
+  int num_nodes() const;                   // nodes after optimisation
+  PlanStats plan_stats() const;            // of the most recently used plan
+  int num_plans() const;                   // distinct input shapes compiled so far
+  std::string str() const;                 // the optimised program, one node a line
+
+ private:
+  const Plan& plan_for(const std::vector<Tensor>& inputs);
+  std::shared_ptr<Program> program_;
+  std::vector<std::unique_ptr<Plan>> plans_;
+  Plan* last_plan_ = nullptr;
+  uint64_t calls_ = 0;
+};
+
+}  // namespace kiln

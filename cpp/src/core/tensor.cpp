@@ -1,0 +1,118 @@
+#include "kiln/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "kiln/error.h"
+
+namespace kiln {
+
+Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
+  size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
+  if (rounded == 0) rounded = kAlignment;
+  data_ = std::aligned_alloc(kAlignment, rounded);
+  if (!data_) throw Error("out of memory allocating " + std::to_string(nbytes) + " bytes");
+}
+Storage::Storage(void* data, size_t nbytes, std::shared_ptr<void> owner)
+    : data_(data), nbytes_(nbytes), owner_(std::move(owner)) {}
+Storage::~Storage() {
+  if (!owner_) std::free(data_);
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype) {
+  if (!shape.known()) throw Error("cannot allocate a tensor of symbolic shape " + shape.str());
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  std::memset(t.raw(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner,
+                         const Shape* strides) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = shape;
+  t.strides_ = strides ? *strides : contiguous_strides(shape);
+  t.storage_ = std::make_shared<Storage>(data, 0, std::move(owner));
+  return t;
+}
+
+Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, const Shape& shape, DType dtype) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.storage_ = std::move(storage);
+  return t;
+}
+
+bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_) || numel() <= 1; }
+
+Tensor Tensor::view(const Shape& shape) const {
+  if (shape.numel() != numel())
+    throw Error("view: cannot view " + shape_.str() + " as " + shape.str());
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  return t;
+}
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_);
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.dtype_ != dtype_ || src.numel() != numel())
+    throw Error("copy: cannot copy " + std::string(dtype_name(src.dtype_)) + src.shape_.str() +
+                " into " + dtype_name(dtype_) + shape_.str());
+  size_t es = dtype_size(dtype_);
+  if (src.is_contiguous()) {
+    if (numel() > 0) std::memcpy(raw(), src.raw(), nbytes());
+    return;
+  }
+  // Strided source: walk it with an odometer over its shape.
+  const int r = src.rank();
+  int64_t idx[kMaxRank] = {};
+  char* dst = static_cast<char*>(raw());
+  const char* base = static_cast<const char*>(src.raw());
+  for (int64_t n = 0, total = src.numel(); n < total; ++n) {
+    int64_t off = 0;
+    for (int i = 0; i < r; ++i) off += idx[i] * src.strides_[i];
+    std::memcpy(dst + n * es, base + off * static_cast<int64_t>(es), es);
+    for (int i = r - 1; i >= 0; --i) {
+      if (++idx[i] < src.shape_[i]) break;
+      idx[i] = 0;
+    }
+  }
+}
+
+double Tensor::item() const {
+  if (numel() != 1) throw Error("item: tensor of shape " + shape_.str() + " is not one element");
+  return load_as(dtype_, raw(), 0);
+}
+
+void store_as(DType t, void* data, int64_t i, double value) {
+  KILN_DISPATCH_ALL(t, "store", static_cast<scalar_t*>(data)[i] = static_cast<scalar_t>(value));
+}
+double load_as(DType t, const void* data, int64_t i) {
+  double v = 0;
+  KILN_DISPATCH_ALL(t, "load", v = static_cast<double>(static_cast<const scalar_t*>(data)[i]));
+  return v;
+}
+
+}  // namespace kiln

@@ -1,0 +1,114 @@
+#include "cpu/parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace kiln::cpu {
+namespace {
+
+class Pool {
+ public:
+  explicit Pool(int n) { resize(n); }
+  ~Pool() { stop(); }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void resize(int n) {
+    stop();
+    stopping_ = false;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+  }
+
+  void run(int64_t n, int64_t grain, detail::RangeFn call, void* fn) {
+    std::lock_guard<std::mutex> serial(run_mutex_);  // one parallel region at a time
+    int chunks = static_cast<int>(std::min<int64_t>(size(), n / grain));
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      call_ = call;
+      fn_ = fn;
+      n_ = n;
+      chunks_ = chunks;
+      pending_ = chunks - 1;
+      ++generation_;
+    }
+    cv_.notify_all();
+    run_chunk(0);
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return pending_ == 0; });
+  }
+
+ private:
+  void run_chunk(int c) {
+    int64_t b = n_ * c / chunks_, e = n_ * (c + 1) / chunks_;
+    call_(fn_, b, e);
+  }
+
+  void loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+      if (index >= chunks_) continue;
+      lk.unlock();
+      run_chunk(index);
+      lk.lock();
+      if (--pending_ == 0) done_cv_.notify_one();
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mutex_;
+  std::condition_variable cv_, done_cv_;
+  bool stopping_ = false;
+  uint64_t generation_ = 0;
+  detail::RangeFn call_ = nullptr;
+  void* fn_ = nullptr;
+  int64_t n_ = 0;
+  int chunks_ = 0, pending_ = 0;
+};
+
+int default_threads() {
+  if (const char* env = std::getenv("KILN_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Pool& pool() {
+  static Pool p(default_threads());
+  return p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+void set_num_threads(int n) { pool().resize(std::max(1, n)); }
+
+namespace detail {
+void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn) { pool().run(n, grain, call, fn); }
+}  // namespace detail
+
+}  // namespace kiln::cpu
+
+namespace kiln {
+int num_threads() { return cpu::num_threads(); }
+void set_num_threads(int n) { cpu::set_num_threads(n); }
+}  // namespace kiln

@@ -1,0 +1,32 @@
+#pragma once
+// One process-wide pool of worker threads for kernels. Sized to the machine; workers sleep on a
+// condition variable while BLAS runs, so the two never compete for cores.
+#include <cstdint>
+#include <type_traits>
+
+namespace kiln::cpu {
+
+int num_threads();
+void set_num_threads(int n);
+
+namespace detail {
+using RangeFn = void (*)(void* fn, int64_t begin, int64_t end);
+void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn);
+}  // namespace detail
+
+// Calls fn(begin, end) on disjoint chunks covering [0, n), in parallel when n is at least
+// 2 * grain. Takes the callable by reference: no allocation.
+template <typename F>
+void parallel_for(int64_t n, int64_t grain, F&& fn) {
+  if (n <= 0) return;
+  if (n < 2 * grain || num_threads() == 1) {
+    fn(int64_t{0}, n);
+    return;
+  }
+  using Fn = std::remove_reference_t<F>;
+  detail::run_parallel(
+      n, grain, [](void* f, int64_t b, int64_t e) { (*static_cast<Fn*>(f))(b, e); },
+      const_cast<void*>(static_cast<const void*>(&fn)));
+}
+
+}  // namespace kiln::cpu

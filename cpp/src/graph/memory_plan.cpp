@@ -1,0 +1,206 @@
+// Per-shape planning: concrete shapes for every value, then a static memory plan. Values live
+// in a few reusable buffers: a buffer is freed after the last step that reads its value (or any
+// view of it) and handed to the next value that fits; an elementwise op writes over its input
+// when that input dies at the op. Outputs get fresh memory each call, since the caller keeps it.
+#include <algorithm>
+#include <climits>
+
+#include "kiln/error.h"
+#include "runtime/program.h"
+
+namespace kiln {
+
+std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs) {
+  std::vector<TensorSpec> in;
+  for (const Tensor& t : inputs) in.push_back({t.dtype(), t.shape()});
+  std::vector<TensorSpec> specs = op.infer(in, attrs);
+  std::vector<Tensor> outs;
+  for (const TensorSpec& s : specs) outs.push_back(op.kind == OpKind::alias ? Tensor() : Tensor::empty(s.shape, s.dtype));
+  if (op.kind == OpKind::alias) outs[0] = inputs[0].view(specs[0].shape);
+  else {
+    std::vector<const Tensor*> ip;
+    std::vector<Tensor*> op_;
+    for (const Tensor& t : inputs) ip.push_back(&t);
+    for (Tensor& t : outs) op_.push_back(&t);
+    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0};
+    op.cpu(ctx);
+  }
+  return outs;
+}
+
+std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& input_shapes) {
+  auto plan = std::make_unique<Plan>();
+  plan->input_shapes = input_shapes;
+  const int32_t n = static_cast<int32_t>(p.nodes.size());
+
+  // 1. Slots and concrete specs.
+  std::vector<std::vector<int>> slot_of(n);
+  std::vector<TensorSpec> spec;  // per slot
+  std::vector<int32_t> producer;  // per slot
+  for (int32_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    std::vector<TensorSpec> out;
+    if (node.op->name == "input") {
+      size_t k = std::find(p.inputs.begin(), p.inputs.end(), id) - p.inputs.begin();
+      out = {TensorSpec{node.outputs[0].dtype, input_shapes.at(k)}};
+    } else if (node.op->name == "variable") {
+      const Tensor& v = p.variables->get(node.name);
+      out = {TensorSpec{v.dtype(), v.shape()}};
+    } else if (node.op->name == "constant") {
+      out = {TensorSpec{node.value.dtype(), node.value.shape()}};
+    } else {
+      std::vector<TensorSpec> in;
+      for (const Edge& e : node.inputs) in.push_back(spec[slot_of[e.node][e.index]]);
+      try {
+        out = node.op->infer(in, node.attrs);
+      } catch (const Error& e) {
+        throw Error(std::string(e.what()) + "\n  while planning " + describe(node) + " for inputs " + specs_str(in));
+      }
+      for (const TensorSpec& s : out)
+        if (!s.shape.known()) throw Error("internal: " + describe(node) + " left a symbolic shape " + s.shape.str());
+    }
+    for (const TensorSpec& s : out) {
+      slot_of[id].push_back(static_cast<int>(spec.size()));
+      spec.push_back(s);
+      producer.push_back(id);
+    }
+  }
+  const int nslots = static_cast<int>(spec.size());
+  plan->slots.resize(nslots);
+  for (int s = 0; s < nslots; ++s) plan->slots[s] = Tensor();
+
+  // 2. Roots: a view's slot shares its input's memory, so liveness is tracked per root slot.
+  std::vector<int> root(nslots);
+  for (int s = 0; s < nslots; ++s) {
+    const ProgramNode& node = p.nodes[producer[s]];
+    root[s] = node.op->kind == OpKind::alias ? root[slot_of[node.inputs[0].node][node.inputs[0].index]] : s;
+  }
+  constexpr int kForever = INT_MAX;
+  std::vector<int> last_use(nslots, -1);  // node id of the last reader of the root's memory
+  for (int32_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    for (size_t i = 0; i < node.inputs.size(); ++i) {
+      if (node.op->shape_only_from >= 0 && static_cast<int>(i) >= node.op->shape_only_from) continue;
+      int r = root[slot_of[node.inputs[i].node][node.inputs[i].index]];
+      last_use[r] = std::max(last_use[r], id);
+    }
+    if (node.op->kind == OpKind::alias) {  // the view is read later: keep its source alive to then
+      int r = root[slot_of[id][0]];
+      last_use[r] = std::max(last_use[r], id);
+    }
+  }
+  // Views propagate their own readers to the root (aliases come after their sources).
+  for (int s = nslots - 1; s >= 0; --s)
+    if (root[s] != s) last_use[root[s]] = std::max(last_use[root[s]], last_use[s]);
+  std::vector<bool> fresh(nslots, false), external(nslots, false);
+  for (const Edge& e : p.outputs) {
+    int s = slot_of[e.node][e.index];
+    if (p.nodes[e.node].op->kind == OpKind::compute) fresh[s] = true;
+    last_use[root[s]] = kForever;
+  }
+  for (auto& u : p.updates) last_use[root[slot_of[u.second.node][u.second.index]]] = kForever;
+  for (int s = 0; s < nslots; ++s)
+    external[s] = fresh[s] || p.nodes[producer[s]].op->kind == OpKind::source;
+
+  // 3. Buffers: walk the nodes, give each new root slot a free buffer (or its dying input's,
+  // in place), then release the buffers of roots that died here.
+  std::vector<size_t> capacity;
+  std::vector<int> buffer_of(nslots, -1);  // final assignment, per root slot
+  std::vector<bool> holding(nslots, false);
+  std::vector<int> free_list;
+  for (int32_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    if (node.op->kind == OpKind::source) continue;
+    for (size_t k = 0; k < node.outputs.size() && node.op->kind == OpKind::compute; ++k) {
+      int s = slot_of[id][k];
+      if (external[s]) continue;
+      size_t bytes = static_cast<size_t>(spec[s].shape.numel()) * dtype_size(spec[s].dtype);
+      ++plan->stats.values;
+      if (node.op->elementwise && k == 0 && !node.inputs.empty()) {
+        int in_slot = slot_of[node.inputs[0].node][node.inputs[0].index];
+        int r = root[in_slot];
+        bool shared = false;
+        for (size_t i = 1; i < node.inputs.size(); ++i)
+          shared = shared || root[slot_of[node.inputs[i].node][node.inputs[i].index]] == r;
+        if (holding[r] && last_use[r] == id && !shared && spec[in_slot].shape == spec[s].shape &&
+            dtype_size(spec[in_slot].dtype) == dtype_size(spec[s].dtype)) {
+          buffer_of[s] = buffer_of[r];
+          holding[r] = false;  // handed over, not released
+          holding[s] = true;
+          ++plan->stats.in_place;
+          continue;
+        }
+      }
+      // Best fit among free buffers; else grow the largest free one; else a new buffer.
+      int best = -1;
+      for (int b : free_list)
+        if (capacity[b] >= bytes && (best < 0 || capacity[b] < capacity[best])) best = b;
+      if (best < 0)
+        for (int b : free_list)
+          if (best < 0 || capacity[b] > capacity[best]) best = b;
+      if (best < 0) {
+        best = static_cast<int>(capacity.size());
+        capacity.push_back(0);
+      } else {
+        free_list.erase(std::find(free_list.begin(), free_list.end(), best));
+      }
+      capacity[best] = std::max(capacity[best], bytes);
+      buffer_of[s] = best;
+      holding[s] = true;
+    }
+    auto release = [&](int r) {
+      if (holding[r] && last_use[r] <= id) {
+        free_list.push_back(buffer_of[r]);
+        holding[r] = false;
+      }
+    };
+    for (const Edge& e : node.inputs) release(root[slot_of[e.node][e.index]]);
+    for (int s : slot_of[id]) release(root[s]);  // outputs nobody reads
+  }
+
+  // 4. Allocate each buffer once and point the planned slots at it.
+  for (size_t cap : capacity) plan->buffers.push_back(std::make_shared<Storage>(cap));
+  for (int s = 0; s < nslots; ++s)
+    if (root[s] == s && buffer_of[s] >= 0)
+      plan->slots[s] = Tensor::from_storage(plan->buffers[buffer_of[s]], spec[s].shape, spec[s].dtype);
+    else if (producer[s] >= 0 && p.nodes[producer[s]].op->name == "constant")
+      plan->slots[s] = p.nodes[producer[s]].value;
+  plan->stats.buffers = static_cast<int>(capacity.size());
+  for (size_t cap : capacity) plan->stats.buffer_bytes += cap;
+
+  // 5. Steps, bindings and outputs.
+  for (int32_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    if (node.op->name == "variable") plan->variable_slots.push_back({slot_of[id][0], node.name});
+    if (node.op->kind == OpKind::source) continue;
+    Step st;
+    st.op = node.op;
+    st.attrs = &node.attrs;
+    st.node = id;
+    for (const Edge& e : node.inputs) st.in.push_back(&plan->slots[slot_of[e.node][e.index]]);
+    for (size_t k = 0; k < node.outputs.size(); ++k) {
+      int s = slot_of[id][k];
+      st.out.push_back(&plan->slots[s]);
+      if (fresh[s]) st.fresh.push_back({static_cast<int>(k), spec[s]});
+    }
+    plan->steps.push_back(std::move(st));
+  }
+  for (int32_t i : p.inputs) plan->input_slots.push_back(slot_of[i][0]);
+  for (const Edge& e : p.outputs) {
+    int s = slot_of[e.node][e.index];
+    plan->output_slots.push_back(s);
+    plan->output_fresh.push_back(fresh[s]);
+  }
+  for (auto& [name, e] : p.updates) {
+    int s = slot_of[e.node][e.index];
+    const Tensor& v = p.variables->get(name);
+    if (spec[s].shape != v.shape())
+      throw Error("function: the update of variable '" + name + "' has shape " + spec[s].shape.str() +
+                  ", the variable " + v.shape().str());
+    plan->update_slots.push_back({name, s});
+  }
+  plan->stats.steps = static_cast<int>(plan->steps.size());
+  return plan;
+}
+
+}  // namespace kiln

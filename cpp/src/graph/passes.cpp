@@ -1,0 +1,171 @@
+// Compile-time passes over a function's slice of the graph: dead-code elimination, constant
+// folding, common-subexpression elimination.
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "kiln/error.h"
+#include "runtime/program.h"
+
+namespace kiln {
+
+namespace {
+
+bool is_op(const ProgramNode& n, const char* name) { return n.op->name == name; }
+
+// Keeps the nodes reachable from the roots (and every input), renumbering edges.
+void eliminate_dead(Program& p) {
+  std::vector<bool> live(p.nodes.size(), false);
+  for (int32_t i : p.inputs) live[i] = true;
+  for (const Edge& e : p.outputs) live[e.node] = true;
+  for (auto& u : p.updates) live[u.second.node] = true;
+  for (int32_t id = static_cast<int32_t>(p.nodes.size()) - 1; id >= 0; --id)
+    if (live[id])
+      for (const Edge& e : p.nodes[id].inputs) live[e.node] = true;
+  std::vector<int32_t> remap(p.nodes.size(), -1);
+  std::vector<ProgramNode> kept;
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    if (!live[id]) continue;
+    remap[id] = static_cast<int32_t>(kept.size());
+    kept.push_back(std::move(p.nodes[id]));
+    for (Edge& e : kept.back().inputs) e.node = remap[e.node];
+  }
+  p.nodes = std::move(kept);
+  for (int32_t& i : p.inputs) i = remap[i];
+  for (Edge& e : p.outputs) e.node = remap[e.node];
+  for (auto& u : p.updates) u.second.node = remap[u.second.node];
+}
+
+// Evaluates, once, every pure node whose inputs are all constants.
+void fold_constants(Program& p) {
+  for (ProgramNode& n : p.nodes) {
+    if (n.op->kind == OpKind::source || n.op->random || n.outputs.size() != 1 || n.inputs.empty()) continue;
+    bool all_const = true;
+    for (const Edge& e : n.inputs) all_const = all_const && is_op(p.nodes[e.node], "constant");
+    if (!all_const) continue;
+    std::vector<Tensor> in;
+    for (const Edge& e : n.inputs) in.push_back(p.nodes[e.node].value);
+    Tensor v = run_op(*n.op, n.attrs, in).at(0).contiguous();
+    if (v.storage() == in[0].storage()) v = v.clone();  // an alias: own the bytes
+    n.op = &OpRegistry::get().at("constant");
+    n.attrs = Attrs{{"shape", v.shape().vec()}, {"dtype", std::string(dtype_name(v.dtype()))}};
+    n.inputs.clear();
+    n.outputs = {TensorSpec{v.dtype(), v.shape()}};
+    n.value = v;
+  }
+}
+
+bool same_constant(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
+// Merges nodes that compute the same op on the same inputs (and small equal constants).
+void merge_common(Program& p) {
+  std::unordered_map<size_t, std::vector<int32_t>> seen;
+  std::vector<int32_t> canon(p.nodes.size());
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    ProgramNode& n = p.nodes[id];
+    canon[id] = static_cast<int32_t>(id);
+    for (Edge& e : n.inputs) e.node = canon[e.node];
+    bool is_const = is_op(n, "constant");
+    if ((n.op->kind == OpKind::source && !is_const) || n.op->random) continue;
+    if (is_const && n.value.numel() > 64) continue;
+    size_t h = std::hash<const void*>()(n.op) ^ (n.attrs.hash() * 31);
+    for (const Edge& e : n.inputs) h = h * 1000003u ^ (static_cast<size_t>(e.node) << 8 | static_cast<size_t>(e.index));
+    auto& bucket = seen[h];
+    for (int32_t other : bucket) {
+      const ProgramNode& o = p.nodes[other];
+      bool same = o.op == n.op && o.attrs == n.attrs && o.inputs.size() == n.inputs.size();
+      for (size_t i = 0; same && i < n.inputs.size(); ++i) same = o.inputs[i] == n.inputs[i];
+      if (same && is_const) same = same_constant(o.value, n.value);
+      if (same) {
+        canon[id] = other;
+        break;
+      }
+    }
+    if (canon[id] == static_cast<int32_t>(id)) bucket.push_back(static_cast<int32_t>(id));
+  }
+  for (Edge& e : p.outputs) e.node = canon[e.node];
+  for (auto& u : p.updates) u.second.node = canon[u.second.node];
+}
+
+}  // namespace
+
+std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
+                                       const std::vector<std::pair<std::string, Value>>& outputs,
+                                       const std::vector<std::pair<Value, Value>>& updates, bool training) {
+  Graph* g = nullptr;
+  auto check = [&](const Value& v, const std::string& what) {
+    if (!v.valid()) throw Error("function: " + what + " is not a valid tensor");
+    if (g && v.graph != g) throw Error("function: " + what + " belongs to another graph");
+    g = v.graph;
+  };
+  for (const Value& v : inputs) check(v, "an input");
+  for (auto& o : outputs) check(o.second, "output '" + o.first + "'");
+  for (auto& u : updates) {
+    check(u.first, "an updated variable");
+    check(u.second, "an update value");
+  }
+  if (!g) throw Error("function: needs at least one input or output");
+  if (!training && !updates.empty())
+    throw Error("function: updates were given with training=False; an inference function never writes state");
+
+  auto p = std::make_shared<Program>();
+  p->variables = g->variables();
+  p->training = training;
+  // Copy the graph prefix that the roots can reach; the passes then shrink it.
+  int32_t top = -1;
+  for (const Value& v : inputs) top = std::max(top, v.edge.node);
+  for (auto& o : outputs) top = std::max(top, o.second.edge.node);
+  for (auto& u : updates) top = std::max(top, u.second.edge.node);
+  for (int32_t id = 0; id <= top; ++id) {
+    const Node& n = g->node(id);
+    ProgramNode pn{n.op, n.attrs, n.inputs, n.outputs, n.name, n.site, {}};
+    if (n.op->name == "constant") pn.value = g->constant_value(id);
+    p->nodes.push_back(std::move(pn));
+  }
+  std::vector<std::string> seen_inputs;
+  for (const Value& v : inputs) {
+    const Node& n = v.node();
+    if (n.op->name != "input")
+      throw Error("function: inputs must be kn.input tensors; got the result of '" + n.op->name + "'" +
+                  (n.site.empty() ? "" : " made at " + n.site));
+    if (std::find(seen_inputs.begin(), seen_inputs.end(), n.name) != seen_inputs.end())
+      throw Error("function: input '" + n.name + "' is listed twice");
+    seen_inputs.push_back(n.name);
+    p->inputs.push_back(v.edge.node);
+    p->input_names.push_back(n.name);
+  }
+  for (auto& o : outputs) {
+    if (std::find(p->output_names.begin(), p->output_names.end(), o.first) != p->output_names.end())
+      throw Error("function: two outputs are named '" + o.first + "'");
+    p->output_names.push_back(o.first);
+    p->outputs.push_back(o.second.edge);
+  }
+  for (auto& [var, val] : updates) {
+    const Node& vn = var.node();
+    if (vn.op->name != "variable") throw Error("function: an update targets '" + vn.op->name + "', not a variable");
+    if (val.dtype() != var.dtype())
+      throw Error("function: the update of '" + vn.name + "' has dtype " + dtype_name(val.dtype()) + ", the variable " +
+                  dtype_name(var.dtype()));
+    p->updates.push_back({vn.name, val.edge});
+  }
+  // Every input or variable source the outputs need must be fed or held.
+  eliminate_dead(*p);
+  for (size_t id = 0; id < p->nodes.size(); ++id) {
+    const ProgramNode& n = p->nodes[id];
+    if (n.op->name == "input" &&
+        std::find(p->inputs.begin(), p->inputs.end(), static_cast<int32_t>(id)) == p->inputs.end())
+      throw Error("function: the outputs depend on input '" + n.name + "', which is not among the function's inputs");
+  }
+  fold_constants(*p);
+  merge_common(*p);
+  eliminate_dead(*p);
+  return p;
+}
+
+std::string describe(const ProgramNode& n) {
+  return n.op->name + (n.site.empty() ? "" : " (created at " + n.site + ")");
+}
+
+}  // namespace kiln

@@ -1,0 +1,34 @@
+#pragma once
+// Shared by the op files: the registry types, the builder, and small inference helpers.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "kiln/error.h"
+#include "kiln/op.h"
+#include "kiln/ops.h"
+
+namespace kiln {
+
+inline std::vector<TensorSpec> same_as_input(const std::vector<TensorSpec>& in, const Attrs&) {
+  return {in[0]};
+}
+
+inline std::vector<int64_t> sorted_axes(const std::vector<int64_t>& axes, int rank, const char* op) {
+  std::vector<int64_t> out;
+  for (int64_t a : axes) out.push_back(normalize_axis(a, rank, op));
+  std::sort(out.begin(), out.end());
+  for (size_t i = 1; i < out.size(); ++i)
+    if (out[i] == out[i - 1]) throw Error(std::string(op) + ": repeated axis " + std::to_string(out[i]));
+  return out;
+}
+
+// A dimension that must agree between two shapes, symbolic dims agreeing with anything.
+inline bool dims_compatible(int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; }
+
+// Kernel of the view ops (reshape, squeeze, ...): the output shares input 0's storage.
+inline void alias_kernel(const KernelContext& c) {
+  c.output(0) = c.input(0).view(c.output(0).shape());
+}
+
+}  // namespace kiln

@@ -1,0 +1,129 @@
+#include "kiln/function.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "kiln/error.h"
+#include "runtime/program.h"
+
+namespace kiln {
+
+Function::Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
+                   const std::vector<std::pair<Value, Value>>& updates, bool training)
+    : program_(build_program(inputs, outputs, updates, training)) {}
+
+Function::~Function() = default;
+Function::Function(Function&&) noexcept = default;
+Function& Function::operator=(Function&&) noexcept = default;
+
+const std::vector<std::string>& Function::input_names() const { return program_->input_names; }
+const std::vector<std::string>& Function::output_names() const { return program_->output_names; }
+int Function::num_nodes() const { return static_cast<int>(program_->nodes.size()); }
+int Function::num_plans() const { return static_cast<int>(plans_.size()); }
+PlanStats Function::plan_stats() const { return last_plan_ ? last_plan_->stats : PlanStats{}; }
+
+std::vector<TensorSpec> Function::input_specs() const {
+  std::vector<TensorSpec> out;
+  for (int32_t id : program_->inputs) out.push_back(program_->nodes[id].outputs[0]);
+  return out;
+}
+
+const Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
+  const auto& names = program_->input_names;
+  if (inputs.size() != names.size())
+    throw Error("function: expected " + std::to_string(names.size()) + " inputs, got " + std::to_string(inputs.size()));
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const TensorSpec& want = program_->nodes[program_->inputs[i]].outputs[0];
+    const Tensor& got = inputs[i];
+    bool ok = got.defined() && got.dtype() == want.dtype && got.rank() == want.shape.rank();
+    for (int d = 0; ok && d < got.rank(); ++d) ok = want.shape[d] < 0 || want.shape[d] == got.shape()[d];
+    if (!ok)
+      throw Error("function: input '" + names[i] + "' expects " + want.str() + ", got " +
+                  (got.defined() ? std::string(dtype_name(got.dtype())) + got.shape().str() : "nothing"));
+  }
+  if (last_plan_) {  // the common case: same shapes as last time
+    bool same = true;
+    for (size_t i = 0; same && i < inputs.size(); ++i) same = last_plan_->input_shapes[i] == inputs[i].shape();
+    if (same) return *last_plan_;
+  }
+  for (auto& p : plans_) {
+    bool same = true;
+    for (size_t i = 0; same && i < inputs.size(); ++i) same = p->input_shapes[i] == inputs[i].shape();
+    if (same) return *(last_plan_ = p.get());
+  }
+  std::vector<Shape> shapes;
+  for (const Tensor& t : inputs) shapes.push_back(t.shape());
+  plans_.push_back(make_plan(*program_, shapes));
+  return *(last_plan_ = plans_.back().get());
+}
+
+std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
+  Plan& plan = const_cast<Plan&>(plan_for(inputs));
+  for (size_t i = 0; i < inputs.size(); ++i) plan.slots[plan.input_slots[i]] = inputs[i].contiguous();
+  for (auto& [slot, name] : plan.variable_slots) plan.slots[slot] = program_->variables->get(name);
+  const uint64_t counter = calls_++;
+  for (Step& st : plan.steps) {
+    for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
+    KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter};
+    try {
+      st.op->cpu(ctx);
+    } catch (const Error& e) {
+      throw Error(std::string(e.what()) + "\n  in " + describe(program_->nodes[st.node]));
+    }
+  }
+  std::vector<Tensor> out;
+  out.reserve(plan.output_slots.size());
+  for (size_t i = 0; i < plan.output_slots.size(); ++i) {
+    const Tensor& t = plan.slots[plan.output_slots[i]];
+    out.push_back(plan.output_fresh[i] ? t : t.clone());
+  }
+  for (auto& [name, slot] : plan.update_slots) {
+    Tensor& var = program_->variables->get(name);
+    const Tensor& v = plan.slots[slot];
+    if (var.raw() != v.raw()) var.copy_from(v);
+  }
+  // Drop references to caller memory so that feeds can be freed between calls.
+  for (int s : plan.input_slots) plan.slots[s] = Tensor();
+  for (size_t i = 0; i < plan.output_slots.size(); ++i)
+    if (plan.output_fresh[i]) plan.slots[plan.output_slots[i]] = Tensor();
+  return out;
+}
+
+std::map<std::string, Tensor> Function::operator()(const std::map<std::string, Tensor>& feeds) {
+  const auto& names = program_->input_names;
+  for (auto& [k, v] : feeds)
+    if (std::find(names.begin(), names.end(), k) == names.end()) {
+      std::string list;
+      for (auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      throw Error("function: unknown input '" + k + "' (inputs: " + list + ")");
+    }
+  std::vector<Tensor> in;
+  for (const std::string& n : names) {
+    auto it = feeds.find(n);
+    if (it == feeds.end()) throw Error("function: missing input '" + n + "'");
+    in.push_back(it->second);
+  }
+  std::vector<Tensor> out = run(in);
+  std::map<std::string, Tensor> result;
+  for (size_t i = 0; i < out.size(); ++i) result[program_->output_names[i]] = out[i];
+  return result;
+}
+
+std::string Function::str() const {
+  std::ostringstream os;
+  for (size_t id = 0; id < program_->nodes.size(); ++id) {
+    const ProgramNode& n = program_->nodes[id];
+    os << "%" << id << " = " << n.op->name << "(";
+    for (size_t i = 0; i < n.inputs.size(); ++i)
+      os << (i ? ", " : "") << "%" << n.inputs[i].node << (n.inputs[i].index ? ":" + std::to_string(n.inputs[i].index) : "");
+    os << ")";
+    if (!n.attrs.items().empty()) os << " {" << n.attrs.str() << "}";
+    os << " -> ";
+    for (size_t k = 0; k < n.outputs.size(); ++k) os << (k ? ", " : "") << n.outputs[k].str();
+    if (!n.name.empty()) os << "  '" << n.name << "'";
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace kiln
