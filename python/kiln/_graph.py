@@ -73,7 +73,8 @@ _default_graph = Graph()
 
 
 def current_graph() -> Graph:
-    return getattr(Graph._local, "current", None) or _default_graph
+    g = getattr(Graph._local, "current", None)
+    return _default_graph if g is None else g
 
 
 class Tensor:

@@ -163,8 +163,10 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int s = 0; s < nslots; ++s)
     if (root[s] == s && buffer_of[s] >= 0)
       plan->slots[s] = Tensor::from_storage(plan->buffers[buffer_of[s]], spec[s].shape, spec[s].dtype);
-    else if (producer[s] >= 0 && p.nodes[producer[s]].op->name == "constant")
+    else if (p.nodes[producer[s]].op->name == "constant")
       plan->slots[s] = p.nodes[producer[s]].value;
+    else if (root[s] != s)  // a view: its kernel reads the shape from here and binds the memory
+      plan->slots[s] = Tensor::from_storage(nullptr, spec[s].shape, spec[s].dtype);
   plan->stats.buffers = static_cast<int>(capacity.size());
   for (size_t cap : capacity) plan->stats.buffer_bytes += cap;
 
