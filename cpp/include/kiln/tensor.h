@@ -29,7 +29,8 @@ class Storage {
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
-  std::shared_ptr<void> owner_;  // empty when kiln owns data_
+  std::shared_ptr<void> owner_;  // keeps external memory alive
+  bool owned_ = true;            // kiln allocated data_ and frees it
 };
 
 class Tensor {

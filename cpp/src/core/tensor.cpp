@@ -14,9 +14,9 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   if (!data_) throw Error("out of memory allocating " + std::to_string(nbytes) + " bytes");
 }
 Storage::Storage(void* data, size_t nbytes, std::shared_ptr<void> owner)
-    : data_(data), nbytes_(nbytes), owner_(std::move(owner)) {}
+    : data_(data), nbytes_(nbytes), owner_(std::move(owner)), owned_(false) {}
 Storage::~Storage() {
-  if (!owner_) std::free(data_);
+  if (owned_) std::free(data_);
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
