@@ -237,3 +237,17 @@ def test_process_memory_does_not_grow_over_10000_calls():
     gc.collect()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert after - before < 2048, f"max RSS grew by {after - before} KiB"  # ru_maxrss is in KiB
+
+
+def test_a_planned_call_allocates_only_its_outputs():
+    x = kn.input("x", (None, 16))
+    w = kn.Parameter(np.random.default_rng(0).standard_normal((16, 8)), name="w")
+    h = kn.tanh(x @ w)
+    loss = kn.mean(kn.square(h))
+    (g,) = kn.grad(loss, [w])
+    step = kn.function([x], [loss, h], updates=[(w, w - 0.1 * g)])
+    xv = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
+    step(xv)  # plans and allocates its buffers
+    before = kn._core.allocation_count()
+    step(xv)
+    assert kn._core.allocation_count() - before == 2  # loss and h, nothing else

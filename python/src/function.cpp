@@ -19,7 +19,11 @@ void bind_function(nb::module_& m) {
              std::vector<Tensor> in;
              in.reserve(arrays.size());
              for (nb::handle a : arrays) in.push_back(py::to_tensor(a));
-             std::vector<Tensor> out = f.run(in);
+             std::vector<Tensor> out;
+             {
+               nb::gil_scoped_release unlocked;  // other Python threads run meanwhile
+               out = f.run(in);
+             }
              nb::list result;
              for (const Tensor& t : out) result.append(py::to_numpy(t));
              return result;

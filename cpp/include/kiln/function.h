@@ -5,6 +5,7 @@
 // in-place elementwise ops. A call with a shape seen before allocates only its outputs.
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,7 +35,8 @@ class Function {
   Function(Function&&) noexcept;
   Function& operator=(Function&&) noexcept;
 
-  // Inputs by position; returns outputs in order. Inputs must match the declared dtype and
+  // Inputs by position; returns outputs in order. Safe to call from several threads (calls of
+  // one function are serialised; use one function per thread to run in parallel). Inputs must match the declared dtype and
   // shape (symbolic dims take any size), else kiln::Error names the input.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);
   std::map<std::string, Tensor> operator()(const std::map<std::string, Tensor>& feeds);
@@ -48,11 +50,12 @@ class Function {
   std::string str() const;                 // the optimised program, one node a line
 
  private:
-  const Plan& plan_for(const std::vector<Tensor>& inputs);
+  Plan& plan_for(const std::vector<Tensor>& inputs);
   std::shared_ptr<Program> program_;
   std::vector<std::unique_ptr<Plan>> plans_;
   Plan* last_plan_ = nullptr;
   uint64_t calls_ = 0;
+  std::unique_ptr<std::mutex> mutex_;  // calls of one function run one at a time
 };
 
 }  // namespace kiln

@@ -25,6 +25,9 @@ class Storage {
 
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
+  // How many blocks kiln has allocated in this process: lets tests check that a planned call
+  // allocates nothing but its outputs.
+  static uint64_t allocations();
 
  private:
   void* data_ = nullptr;

@@ -1,5 +1,6 @@
 #include "kiln/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -7,7 +8,14 @@
 
 namespace kiln {
 
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+}
+
+uint64_t Storage::allocations() { return g_allocations.load(std::memory_order_relaxed); }
+
 Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
   size_t rounded = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded == 0) rounded = kAlignment;
   data_ = std::aligned_alloc(kAlignment, rounded);

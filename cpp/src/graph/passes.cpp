@@ -36,17 +36,29 @@ void eliminate_dead(Program& p) {
   for (auto& u : p.updates) u.second.node = remap[u.second.node];
 }
 
-// Evaluates, once, every pure node whose inputs are all constants.
+// Evaluates, once, every pure node whose inputs are all constants, or whose only non-constant
+// inputs are read for a shape that is already known (ones_like of a scalar loss, say).
 void fold_constants(Program& p) {
+  constexpr int64_t kMaxShapeFold = 4096;  // larger fills are cheaper to run than to store
   for (ProgramNode& n : p.nodes) {
     if (n.op->kind == OpKind::source || n.op->random || n.outputs.size() != 1 || n.inputs.empty()) continue;
-    bool all_const = true;
-    for (const Edge& e : n.inputs) all_const = all_const && is_op(p.nodes[e.node], "constant");
-    if (!all_const) continue;
+    bool foldable = true, by_shape = false;
+    for (size_t i = 0; i < n.inputs.size() && foldable; ++i) {
+      const ProgramNode& src = p.nodes[n.inputs[i].node];
+      if (is_op(src, "constant")) continue;
+      bool shape_only = n.op->shape_only_from >= 0 && static_cast<int>(i) >= n.op->shape_only_from;
+      foldable = shape_only && src.outputs[n.inputs[i].index].shape.known();
+      by_shape = true;
+    }
+    if (!foldable || (by_shape && n.outputs[0].shape.numel() > kMaxShapeFold)) continue;
     std::vector<Tensor> in;
-    for (const Edge& e : n.inputs) in.push_back(p.nodes[e.node].value);
+    for (const Edge& e : n.inputs) {
+      const ProgramNode& src = p.nodes[e.node];
+      const TensorSpec& s = src.outputs[e.index];
+      in.push_back(is_op(src, "constant") ? src.value : Tensor::from_storage(nullptr, s.shape, s.dtype));
+    }
     Tensor v = run_op(*n.op, n.attrs, in).at(0).contiguous();
-    if (v.storage() == in[0].storage()) v = v.clone();  // an alias: own the bytes
+    if (n.op->kind == OpKind::alias) v = v.clone();  // own the bytes
     n.op = &OpRegistry::get().at("constant");
     n.attrs = Attrs{{"shape", v.shape().vec()}, {"dtype", std::string(dtype_name(v.dtype()))}};
     n.inputs.clear();

@@ -89,7 +89,7 @@ void reduce_into(const Tensor& x, const std::vector<bool>& mask, Tensor& out, do
         }
       });
     } else {
-      cpu::parallel_for(outer, std::max<int64_t>(1, 4096 / (red * inner ? red * inner : 1)),
+      cpu::parallel_for(outer, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, red * inner)),
                         [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           T* orow = o + i * inner;

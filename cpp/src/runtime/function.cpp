@@ -10,7 +10,7 @@ namespace kiln {
 
 Function::Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
                    const std::vector<std::pair<Value, Value>>& updates, bool training)
-    : program_(build_program(inputs, outputs, updates, training)) {}
+    : program_(build_program(inputs, outputs, updates, training)), mutex_(std::make_unique<std::mutex>()) {}
 
 Function::~Function() = default;
 Function::Function(Function&&) noexcept = default;
@@ -28,7 +28,7 @@ std::vector<TensorSpec> Function::input_specs() const {
   return out;
 }
 
-const Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
+Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
   const auto& names = program_->input_names;
   if (inputs.size() != names.size())
     throw Error("function: expected " + std::to_string(names.size()) + " inputs, got " + std::to_string(inputs.size()));
@@ -58,7 +58,8 @@ const Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
 }
 
 std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
-  Plan& plan = const_cast<Plan&>(plan_for(inputs));
+  std::lock_guard<std::mutex> lock(*mutex_);
+  Plan& plan = plan_for(inputs);
   for (size_t i = 0; i < inputs.size(); ++i) plan.slots[plan.input_slots[i]] = inputs[i].contiguous();
   for (auto& [slot, name] : plan.variable_slots) plan.slots[slot] = program_->variables->get(name);
   const uint64_t counter = calls_++;
