@@ -56,7 +56,9 @@ def test_dispatch_is_correct(chain_function):
 @pytest.fixture(scope="module")
 def square_matrices():
     rng = np.random.default_rng(0)
-    return rng.standard_normal((1024, 1024), dtype=np.float32), rng.standard_normal((1024, 1024), dtype=np.float32)
+    return rng.standard_normal((1024, 1024), dtype=np.float32), rng.standard_normal(
+        (1024, 1024), dtype=np.float32
+    )
 
 
 def test_sgemm_kiln(record, square_matrices):

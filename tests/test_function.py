@@ -251,3 +251,35 @@ def test_a_planned_call_allocates_only_its_outputs():
     before = kn._core.allocation_count()
     step(xv)
     assert kn._core.allocation_count() - before == 2  # loss and h, nothing else
+
+
+def test_outputs_wrap_engine_memory_without_a_copy():
+    x = kn.input("x", (3,))
+    f = kn.function([x], x * 2)
+    out = f(np.ones(3, np.float32))
+    assert not out.flags.owndata and out.flags.c_contiguous and out.flags.writeable
+    out[0] = 7  # the caller owns the result: writing to it is fine
+    np.testing.assert_array_equal(f(np.ones(3, np.float32)), [2, 2, 2])
+
+
+def test_concurrent_calls_from_threads_give_correct_results():
+    import threading
+
+    x = kn.input("x", (None, 64))
+    w = kn.Parameter(np.random.default_rng(0).standard_normal((64, 64)), name="w")
+    f = kn.function([x], kn.tanh(x @ w))
+    W = w.numpy()
+    errors = []
+
+    def worker(seed):
+        xv = np.random.default_rng(seed).standard_normal((8, 64)).astype(np.float32)
+        for _ in range(50):
+            if not np.allclose(f(xv), np.tanh(xv @ W), rtol=1e-4, atol=1e-5):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import kiln as kn
 import numpy as np
 import pytest
+
+import kiln as kn
 
 # ---------------------------------------------------------------------------------------------
 # Inputs and cases
@@ -197,6 +198,15 @@ op("sub", kn.sub, np.subtract, _binary_cases())
 op("mul", kn.mul, np.multiply, _binary_cases())
 op("div", kn.div, np.divide, _binary_cases("real", "nz"))
 op("pow", kn.pow, np.power, _binary_cases("pos", "real"))
+# negative bases with integral exponents (not exp(b * log(a))); forward only: d/db needs log(a)
+op(
+    "pow_negative_base",
+    kn.pow,
+    np.power,
+    [C(F((3, 4), "nz"), F((3, 4), "ties")), C(F((2, 3), "real"), F((), "ties"))],
+    grad=False,
+    covers=("pow",),
+)
 op("maximum", kn.maximum, np.maximum, _binary_cases())
 op("minimum", kn.minimum, np.minimum, _binary_cases())
 op(
@@ -809,6 +819,21 @@ op(
         C((2, 3), shape=(2, 3)),
         C((2, 1, 3), shape=(5, 2, 4, 3)),
     ],
+)
+
+
+def np_broadcast_keep(x, shape):
+    """kn.broadcast_to's -1: keep x's size there (aligned from the right)."""
+    lead = len(shape) - x.ndim
+    return np.broadcast_to(x, [x.shape[i - lead] if d == -1 else d for i, d in enumerate(shape)])
+
+
+op(
+    "broadcast_to_keep",
+    kn.broadcast_to,
+    np_broadcast_keep,
+    [C((3, 1), shape=(2, -1, 4)), C((2, 3), shape=(-1, -1))],
+    covers=("broadcast_to",),
 )
 op(
     "broadcast_to_int",

@@ -29,11 +29,11 @@ def _load_blas() -> None:
 
 _load_blas()
 
-from . import _core  # noqa: E402
-from ._core import num_threads, set_num_threads  # noqa: E402
-from ._graph import Error, Graph, Parameter, Tensor, constant, current_graph, input  # noqa: E402
-from . import _operators  # noqa: E402,F401  (installs Tensor's operators)
-from .function import Function, eval, function, grad, gradcheck  # noqa: E402
-from .ops import *  # noqa: E402,F401,F403
+from . import _core
+from ._core import num_threads, set_num_threads
+from ._graph import Error, Graph, Parameter, Tensor, constant, current_graph, input
+from . import _operators  # installs Tensor's operators and methods
+from .function import Function, eval, function, grad, gradcheck
+from .ops import *
 
 __version__ = "0.1.0"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Graph:
         self._g = _core.Graph()
         self._saved: list[Graph] = []
 
-    def __enter__(self) -> "Graph":
+    def __enter__(self) -> Graph:
         self._saved.append(current_graph())
         Graph._local.current = self
         return self
@@ -84,7 +85,7 @@ class Tensor:
     __slots__ = ("_v", "_graph")
     __array_priority__ = 1000  # numpy defers to our reflected operators
 
-    def __init__(self, value: "_core.Value", graph: Graph) -> None:
+    def __init__(self, value: _core.Value, graph: Graph) -> None:
         self._v = value
         self._graph = graph
 
@@ -110,7 +111,12 @@ class Tensor:
 
     def __repr__(self) -> str:
         label = f"{self.op} '{self.name}'" if self.name else self.op
-        shape = "(" + ", ".join("None" if d is None else str(d) for d in self.shape) + ("," if self.ndim == 1 else "") + ")"
+        shape = (
+            "("
+            + ", ".join("None" if d is None else str(d) for d in self.shape)
+            + ("," if self.ndim == 1 else "")
+            + ")"
+        )
         return f"kn.Tensor({label}, shape={shape}, dtype={self._v.dtype})"
 
     def __bool__(self) -> bool:
@@ -130,7 +136,7 @@ class Tensor:
         raise Error("a symbolic kn.Tensor cannot be iterated; use kn.split or indexing")
 
 
-def wrap(value: "_core.Value", graph: Graph | None = None) -> Tensor:
+def wrap(value: _core.Value, graph: Graph | None = None) -> Tensor:
     return Tensor(value, graph or current_graph())
 
 
@@ -181,8 +187,9 @@ class Parameter(Tensor):
     __slots__ = ("_var_name",)
 
     @builds
-    def __init__(self, value: Any, name: str | None = None, dtype: DTypeLike | None = None,
-                 trainable: bool = True) -> None:
+    def __init__(
+        self, value: Any, name: str | None = None, dtype: DTypeLike | None = None, trainable: bool = True
+    ) -> None:
         g = current_graph()
         v = g._g.variable(name or "param", _as_array(value, dtype), trainable)
         super().__init__(v, g)

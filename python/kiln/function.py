@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,14 +21,16 @@ class Function:
     array for a single Tensor, a list for a list, a dict for a dict). A new shape for a
     ``None`` dimension compiles a new memory plan once; later calls reuse it."""
 
-    def __init__(self, inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None,
-                 training: bool = True) -> None:
+    def __init__(
+        self, inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None, training: bool = True
+    ) -> None:
         if isinstance(inputs, Tensor):
             inputs = [inputs]
         self._structure, named = _name_outputs(outputs)
         pairs = _update_pairs(updates)
-        self._f = _core.Function([t._v for t in inputs], [(n, t._v) for n, t in named],
-                                 [(v._v, t._v) for v, t in pairs], training)
+        self._f = _core.Function(
+            [t._v for t in inputs], [(n, t._v) for n, t in named], [(v._v, t._v) for v, t in pairs], training
+        )
         self.input_names: list[str] = list(self._f.input_names)
         self.output_names: list[str] = list(self._f.output_names)
         self._dtypes = [np.dtype(d) for d, _ in self._f.input_specs]
@@ -62,8 +65,10 @@ class Function:
                     raise Error(f"function: input '{names[i]}' got a symbolic kn.Tensor; feed a numpy array")
                 v = np.asarray(v, dtype=self._dtypes[i])
             elif v.dtype != self._dtypes[i]:
-                raise Error(f"function: input '{names[i]}' expects {self._dtypes[i]}, got a {v.dtype} array "
-                            f"of shape {v.shape} (convert it with .astype(np.{self._dtypes[i]}))")
+                raise Error(
+                    f"function: input '{names[i]}' expects {self._dtypes[i]}, got a {v.dtype} array "
+                    f"of shape {v.shape} (convert it with .astype(np.{self._dtypes[i]}))"
+                )
             if not v.flags.c_contiguous:
                 v = np.ascontiguousarray(v)
             feeds[i] = v
@@ -98,12 +103,16 @@ def _update_pairs(updates: Updates) -> list:
     items = list(updates.items()) if isinstance(updates, Mapping) else list(updates)
     for pair in items:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(t, Tensor) for t in pair)):
-            raise Error("function: updates must be (variable, new_value) pairs or a dict {variable: new_value}")
+            raise Error(
+                "function: updates must be (variable, new_value) pairs or a dict {variable: new_value}"
+            )
     return items
 
 
 @builds
-def function(inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None, training: bool = True) -> Function:
+def function(
+    inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None, training: bool = True
+) -> Function:
     """Compiles ``inputs -> outputs`` (plus ``updates``, (variable, new value) pairs applied after
     every call) into a Function. ``training=False`` gives an inference program, which never
     writes state."""

@@ -3,7 +3,8 @@ broadcasting follows numpy; axis/keepdims follow numpy; names follow PyTorch whe
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import _core
 from ._graph import DTypeLike, Error, Tensor, as_tensor, builds, current_graph, dtype_name, wrap
@@ -46,67 +47,33 @@ def _unary(op: str, x: TensorLike) -> Tensor:
 
 # ---- elementwise ----
 
-@builds
-def add(a: TensorLike, b: TensorLike) -> Tensor:
-    """a + b, broadcast. Shapes: numpy broadcasting of a and b."""
-    return _binary("add", a, b)
 
-
-@builds
-def sub(a: TensorLike, b: TensorLike) -> Tensor:
-    """a - b, broadcast."""
-    return _binary("sub", a, b)
-
-
-@builds
-def mul(a: TensorLike, b: TensorLike) -> Tensor:
-    """a * b, broadcast."""
-    return _binary("mul", a, b)
-
-
-@builds
-def div(a: TensorLike, b: TensorLike) -> Tensor:
-    """a / b, broadcast; true division (integers give float32)."""
-    return _binary("div", a, b)
-
-
-@builds
-def pow(a: TensorLike, b: TensorLike) -> Tensor:
-    """a ** b, broadcast."""
-    return _binary("pow", a, b)
-
-
-@builds
-def maximum(a: TensorLike, b: TensorLike) -> Tensor:
-    """Elementwise max of a and b, broadcast (NaN propagates)."""
-    return _binary("maximum", a, b)
-
-
-@builds
-def minimum(a: TensorLike, b: TensorLike) -> Tensor:
-    """Elementwise min of a and b, broadcast (NaN propagates)."""
-    return _binary("minimum", a, b)
-
-
-def _make_compare(op: str, sym: str):
+def _make_binary(op: str, doc: str):
     @builds
     def f(a: TensorLike, b: TensorLike) -> Tensor:
         return _binary(op, a, b)
 
     f.__name__ = f.__qualname__ = op
-    f.__doc__ = f"a {sym} b elementwise, broadcast; a bool tensor."
+    f.__doc__ = doc + " Broadcast: the output shape is numpy's broadcast of a's and b's."
     return f
 
 
-eq = _make_compare("eq", "==")
-ne = _make_compare("ne", "!=")
-lt = _make_compare("lt", "<")
-le = _make_compare("le", "<=")
-gt = _make_compare("gt", ">")
-ge = _make_compare("ge", ">=")
-logical_and = _make_compare("logical_and", "and")
-logical_or = _make_compare("logical_or", "or")
-logical_xor = _make_compare("logical_xor", "xor")
+add = _make_binary("add", "a + b.")
+sub = _make_binary("sub", "a - b.")
+mul = _make_binary("mul", "a * b.")
+div = _make_binary("div", "a / b, true division (integers give float32).")
+pow = _make_binary("pow", "a ** b.")
+maximum = _make_binary("maximum", "Elementwise max of a and b (NaN propagates).")
+minimum = _make_binary("minimum", "Elementwise min of a and b (NaN propagates).")
+eq = _make_binary("eq", "a == b, a bool tensor.")
+ne = _make_binary("ne", "a != b, a bool tensor.")
+lt = _make_binary("lt", "a < b, a bool tensor.")
+le = _make_binary("le", "a <= b, a bool tensor.")
+gt = _make_binary("gt", "a > b, a bool tensor.")
+ge = _make_binary("ge", "a >= b, a bool tensor.")
+logical_and = _make_binary("logical_and", "a and b (as bool).")
+logical_or = _make_binary("logical_or", "a or b (as bool).")
+logical_xor = _make_binary("logical_xor", "a xor b (as bool).")
 
 
 def _make_unary(op: str, doc: str):
@@ -163,6 +130,7 @@ def stop_gradient(x: Tensor) -> Tensor:
 
 # ---- reductions ----
 
+
 def _make_reduce(op: str, doc: str):
     @builds
     def f(x: TensorLike, axis: Axis = None, keepdims: bool = False) -> Tensor:
@@ -170,8 +138,10 @@ def _make_reduce(op: str, doc: str):
         return _w(_core.reduce(op, x._v, _axes(axis), keepdims), x)
 
     f.__name__ = f.__qualname__ = op
-    f.__doc__ = (doc + " over ``axis`` (an int, a tuple, or None for all), as numpy. Shape: x's without the "
-                 "reduced axes, or with them as 1 when keepdims.")
+    f.__doc__ = (
+        doc + " over ``axis`` (an int, a tuple, or None for all), as numpy. Shape: x's without the "
+        "reduced axes, or with them as 1 when keepdims."
+    )
     return f
 
 
@@ -234,6 +204,7 @@ def log_softmax(x: TensorLike, axis: int = -1) -> Tensor:
 
 # ---- linear algebra ----
 
+
 @builds
 def matmul(a: TensorLike, b: TensorLike) -> Tensor:
     """Matrix product with numpy's rules: (..., m, k) @ (..., k, n) -> (..., m, n), batch dims
@@ -257,6 +228,7 @@ def permute(x: Tensor, *dims: int | Sequence[int]) -> Tensor:
 
 
 # ---- shape ----
+
 
 @builds
 def reshape(x: Tensor, *shape: int | Sequence[int]) -> Tensor:
@@ -357,6 +329,7 @@ def pad(x: Tensor, pad: Sequence[int], value: float = 0.0) -> Tensor:
 
 # ---- indexing ----
 
+
 @builds
 def take(x: Tensor, indices: TensorLike, axis: int = 0) -> Tensor:
     """numpy.take: out = x.shape[:axis] + indices.shape + x.shape[axis+1:]. Negative indices
@@ -407,6 +380,7 @@ def one_hot(indices: Tensor, num_classes: int, dtype: DTypeLike = "float32") -> 
 
 # ---- random ----
 
+
 def _shape_and_like(shape: Any) -> tuple[list[int], Any]:
     if isinstance(shape, Tensor):
         return [], shape._v
@@ -417,18 +391,30 @@ def _shape_and_like(shape: Any) -> tuple[list[int], Any]:
 
 
 @builds
-def uniform(shape: Sequence[int] | Tensor, low: float = 0.0, high: float = 1.0, seed: int | None = None,
-            dtype: DTypeLike = "float32") -> Tensor:
+def uniform(
+    shape: Sequence[int] | Tensor,
+    low: float = 0.0,
+    high: float = 1.0,
+    seed: int | None = None,
+    dtype: DTypeLike = "float32",
+) -> Tensor:
     """Uniform draws in [low, high), fresh on every call of the function. ``shape`` may be a
     tensor, whose shape is used. A given seed makes the sequence of draws reproducible."""
     dims, like = _shape_and_like(shape)
     g = current_graph()
-    return wrap(_core.uniform(g._g, dims, low, high, -1 if seed is None else seed, dtype_name(dtype), like), g)
+    return wrap(
+        _core.uniform(g._g, dims, low, high, -1 if seed is None else seed, dtype_name(dtype), like), g
+    )
 
 
 @builds
-def normal(shape: Sequence[int] | Tensor, mean: float = 0.0, std: float = 1.0, seed: int | None = None,
-           dtype: DTypeLike = "float32") -> Tensor:
+def normal(
+    shape: Sequence[int] | Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    seed: int | None = None,
+    dtype: DTypeLike = "float32",
+) -> Tensor:
     """Gaussian draws N(mean, std**2), fresh on every call; reproducible for a given seed."""
     dims, like = _shape_and_like(shape)
     g = current_graph()
@@ -436,14 +422,19 @@ def normal(shape: Sequence[int] | Tensor, mean: float = 0.0, std: float = 1.0, s
 
 
 @builds
-def bernoulli(p: float, shape: Sequence[int] | Tensor, seed: int | None = None, dtype: DTypeLike = "float32") -> Tensor:
+def bernoulli(
+    p: float, shape: Sequence[int] | Tensor, seed: int | None = None, dtype: DTypeLike = "float32"
+) -> Tensor:
     """1 with probability p, else 0; fresh on every call; reproducible for a given seed."""
     dims, like = _shape_and_like(shape)
     g = current_graph()
-    return wrap(_core.bernoulli(g._g, float(p), dims, -1 if seed is None else seed, dtype_name(dtype), like), g)
+    return wrap(
+        _core.bernoulli(g._g, float(p), dims, -1 if seed is None else seed, dtype_name(dtype), like), g
+    )
 
 
 # ---- indexing with x[...] ----
+
 
 def getitem(x: Tensor, key: Any) -> Tensor:
     """Basic and strided slicing (ints, slices, None, ...) plus one integer-array index."""
@@ -453,13 +444,14 @@ def getitem(x: Tensor, key: Any) -> Tensor:
     consuming = [k for k in key if k is not None and k is not Ellipsis]
     if len(consuming) > x.ndim:
         raise Error(f"too many indices ({len(consuming)}) for a tensor of shape {x.shape}")
-    if builtins_sum(k is Ellipsis for k in key) > 1:
+    n_ellipsis = builtins_sum(k is Ellipsis for k in key)  # `in` would compare arrays elementwise
+    if n_ellipsis > 1:
         raise Error("an index can only have a single ellipsis ('...')")
     fill = [slice(None)] * (x.ndim - len(consuming))
     entries = []
     for k in key:
         entries.extend(fill if k is Ellipsis else [k])
-    if Ellipsis not in key:
+    if not n_ellipsis:
         entries.extend(fill)
 
     none = _core.SLICE_NONE
@@ -507,7 +499,10 @@ def getitem(x: Tensor, key: Any) -> Tensor:
         y = _w(_core.take(y._v, advanced[1]._v, advanced[0]), x)
     if ints:
         shift = advanced[1].ndim - 1 if advanced is not None else 0
-        y = _w(_core.squeeze(y._v, [a + shift if advanced is not None and a > advanced[0] else a for a in ints]), x)
+        y = _w(
+            _core.squeeze(y._v, [a + shift if advanced is not None and a > advanced[0] else a for a in ints]),
+            x,
+        )
     for pos in new_axes:
         y = _w(_core.unsqueeze(y._v, pos), x)
     return y
@@ -518,11 +513,75 @@ import builtins as _builtins  # noqa: E402  (sum and max are shadowed above by t
 builtins_sum = _builtins.sum
 
 __all__ = [
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
-    "logical_and", "logical_or", "logical_xor", "logical_not", "neg", "exp", "log", "sqrt", "rsqrt", "abs",
-    "sign", "square", "sigmoid", "tanh", "relu", "clip", "where", "cast", "stop_gradient",
-    "sum", "mean", "prod", "max", "min", "amax", "amin", "var", "std", "logsumexp", "argmax", "argmin",
-    "softmax", "log_softmax", "matmul", "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze",
-    "expand_dims", "broadcast_to", "zeros_like", "ones_like", "concat", "cat", "concatenate", "stack", "split",
-    "pad", "take", "index_select", "gather", "take_along_axis", "one_hot", "uniform", "normal", "bernoulli",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pow",
+    "maximum",
+    "minimum",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+    "logical_not",
+    "neg",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "sign",
+    "square",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "clip",
+    "where",
+    "cast",
+    "stop_gradient",
+    "sum",
+    "mean",
+    "prod",
+    "max",
+    "min",
+    "amax",
+    "amin",
+    "var",
+    "std",
+    "logsumexp",
+    "argmax",
+    "argmin",
+    "softmax",
+    "log_softmax",
+    "matmul",
+    "transpose",
+    "permute",
+    "reshape",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
+    "expand_dims",
+    "broadcast_to",
+    "zeros_like",
+    "ones_like",
+    "concat",
+    "cat",
+    "concatenate",
+    "stack",
+    "split",
+    "pad",
+    "take",
+    "index_select",
+    "gather",
+    "take_along_axis",
+    "one_hot",
+    "uniform",
+    "normal",
+    "bernoulli",
 ]

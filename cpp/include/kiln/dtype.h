@@ -16,43 +16,42 @@ bool is_integral(DType t);  // integers and bool
 // numpy's result_type for the dtypes kiln supports (int32 + float32 -> float64, as numpy).
 DType promote(DType a, DType b);
 
-// Calls f(T{}) with the C++ type of a runtime dtype; only the listed types are instantiated.
+// Runs the code with `scalar_t` the C++ type of a runtime dtype; only the listed types are
+// instantiated, and any other dtype throws kiln::Error naming the op.
 #define KILN_DISPATCH_CASE(DT, T, ...) \
   case DType::DT: {                    \
     using scalar_t = T;                \
     __VA_ARGS__;                       \
     break;                             \
   }
-#define KILN_DISPATCH_FLOAT(dtype, opname, ...)                                          \
-  switch (dtype) {                                                                        \
-    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
-    default:                                                                              \
-      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
-                          " is not supported (expected float32 or float64)");             \
+#define KILN_FLOAT_CASES(...)                     \
+  KILN_DISPATCH_CASE(float32, float, __VA_ARGS__) \
+  KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)
+#define KILN_INT_CASES(...)                         \
+  KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)   \
+  KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)   \
+  KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)
+#define KILN_DISPATCH_DEFAULT(dtype, opname)                                                        \
+  default:                                                                                          \
+    throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) + " is not supported")
+
+#define KILN_DISPATCH_FLOAT(dtype, opname, ...) \
+  switch (dtype) {                              \
+    KILN_FLOAT_CASES(__VA_ARGS__)               \
+    KILN_DISPATCH_DEFAULT(dtype, opname);       \
   }
-#define KILN_DISPATCH_NUMERIC(dtype, opname, ...)                                        \
-  switch (dtype) {                                                                        \
-    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
-    KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)                                       \
-    default:                                                                              \
-      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
-                          " is not supported");                                           \
+#define KILN_DISPATCH_NUMERIC(dtype, opname, ...) \
+  switch (dtype) {                                \
+    KILN_FLOAT_CASES(__VA_ARGS__)                 \
+    KILN_INT_CASES(__VA_ARGS__)                   \
+    KILN_DISPATCH_DEFAULT(dtype, opname);         \
   }
-#define KILN_DISPATCH_ALL(dtype, opname, ...)                                            \
-  switch (dtype) {                                                                        \
-    KILN_DISPATCH_CASE(float32, float, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)                                      \
-    KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)                                       \
-    KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__)                                          \
-    default:                                                                              \
-      throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) +         \
-                          " is not supported");                                           \
+#define KILN_DISPATCH_ALL(dtype, opname, ...)         \
+  switch (dtype) {                                    \
+    KILN_FLOAT_CASES(__VA_ARGS__)                     \
+    KILN_INT_CASES(__VA_ARGS__)                       \
+    KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__)      \
+    KILN_DISPATCH_DEFAULT(dtype, opname);             \
   }
 
 }  // namespace kiln

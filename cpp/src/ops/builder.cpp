@@ -39,9 +39,14 @@ Value cast(const Value& x, DType dtype) {
 
 Value stop_gradient(const Value& x) { return graph_of(x).apply1("stop_gradient", {x}); }
 
-Value binary(const std::string& op, Value a, Value b) {
+Value binary(const std::string& op_name, Value a, Value b) {
   Graph& g = graph_of(a);
-  if (b.graph != a.graph) throw Error(op + ": operands belong to different graphs");
+  if (b.graph != a.graph) throw Error(op_name + ": operands belong to different graphs");
+  std::string op = op_name;
+  if (a.dtype() == DType::bool_ && b.dtype() == DType::bool_) {  // numpy: bool arithmetic is logic
+    if (op == "add" || op == "maximum") op = "logical_or";
+    if (op == "mul" || op == "minimum") op = "logical_and";
+  }
   if (op == "logical_and" || op == "logical_or" || op == "logical_xor") {
     a = cast(a, DType::bool_);
     b = cast(b, DType::bool_);
@@ -129,14 +134,15 @@ Value log_softmax(const Value& x, int64_t axis) {
   return sub(x, logsumexp(x, std::vector<int64_t>{axis}, true));
 }
 
-Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims) {
-  if (!axis) return graph_of(x).apply1("argmax", {reshape(x, {-1})}, {{"axis", int64_t(0)}, {"keepdims", int64_t(0)}});
-  return graph_of(x).apply1("argmax", {x}, {{"axis", int64_t(normalize_axis(*axis, x.rank(), "argmax"))}, {"keepdims", int64_t(keepdims)}});
+// argmax/argmin along one axis; with none, of the flattened x (keepdims: all dims kept as 1).
+static Value arg_reduce(const char* op, const Value& x, std::optional<int64_t> axis, bool keepdims) {
+  Graph& g = graph_of(x);
+  if (axis) return g.apply1(op, {x}, {{"axis", int64_t(normalize_axis(*axis, x.rank(), op))}, {"keepdims", int64_t(keepdims)}});
+  Value flat = g.apply1(op, {reshape(x, {-1})}, {{"axis", int64_t(0)}, {"keepdims", int64_t(0)}});
+  return keepdims ? reshape(flat, std::vector<int64_t>(x.rank(), 1)) : flat;
 }
-Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims) {
-  if (!axis) return graph_of(x).apply1("argmin", {reshape(x, {-1})}, {{"axis", int64_t(0)}, {"keepdims", int64_t(0)}});
-  return graph_of(x).apply1("argmin", {x}, {{"axis", int64_t(normalize_axis(*axis, x.rank(), "argmin"))}, {"keepdims", int64_t(keepdims)}});
-}
+Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims) { return arg_reduce("argmax", x, axis, keepdims); }
+Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims) { return arg_reduce("argmin", x, axis, keepdims); }
 
 // ---- linear algebra ----
 
@@ -225,12 +231,14 @@ Value concat(const std::vector<Value>& xs, int64_t axis) {
 
 Value stack(const std::vector<Value>& xs, int64_t axis) {
   auto ys = promoted(xs, "stack");
+  const Shape first = ys[0].shape();
+  const int64_t at = normalize_axis(axis, first.rank() + 1, "stack");
   for (auto& y : ys) {
-    if (y.shape() != ys[0].shape())
-      throw Error("stack: all tensors need the same shape, got " + ys[0].shape().str() + " and " + y.shape().str());
-    y = unsqueeze(y, normalize_axis(axis, ys[0].rank() + 1, "stack"));
+    if (y.shape() != first)
+      throw Error("stack: all tensors need the same shape, got " + first.str() + " and " + y.shape().str());
+    y = unsqueeze(y, at);
   }
-  return concat(ys, axis);
+  return concat(ys, at);
 }
 
 std::vector<Value> split(const Value& x, const std::vector<int64_t>& sizes, int64_t axis) {

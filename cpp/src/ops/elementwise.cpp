@@ -27,7 +27,7 @@ struct Sigmoid {
   }
 };
 struct Tanh { template <class T> T operator()(T x) const { return std::tanh(x); } };
-struct Relu { template <class T> T operator()(T x) const { return x > T(0) ? x : T(0); } };
+struct Relu { template <class T> T operator()(T x) const { return x < T(0) ? T(0) : x; } };  // NaN stays
 struct LogicalNot { bool operator()(bool x) const { return !x; } };
 
 struct Add { template <class T> T operator()(T a, T b) const { return a + b; } };

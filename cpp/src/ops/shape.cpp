@@ -192,9 +192,9 @@ SliceBox slice_box(const Shape& s, const Attrs& a) {
   SliceBox b;
   for (int i = 0; i < s.rank(); ++i) {
     b.step[i] = stp[i];
-    if (s[i] < 0) {  // symbolic dimension: only the full slice keeps a known relation
+    if (s[i] < 0) {  // a symbolic dimension: the slice's length is known only at run time
       b.start[i] = 0;
-      b.extent.push_back((st[i] == kSliceNone && sp[i] == kSliceNone && stp[i] == 1) ? kUnknownDim : kUnknownDim);
+      b.extent.push_back(kUnknownDim);
       continue;
     }
     int64_t len;
