@@ -35,5 +35,9 @@ from ._graph import Error, Graph, Parameter, Tensor, constant, current_graph, in
 from . import _operators  # installs Tensor's operators and methods
 from .function import Function, eval, function, grad, gradcheck
 from .ops import *
+from .functional import *
+from .losses import *
+from . import data, init, nn, optim, train
+from .init import manual_seed
 
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ struct KernelContext {
   Tensor* const* out;
   int n_out;
   uint64_t call_counter;  // increments on every call of the function; random streams use it
+  bool training = true;   // the function's mode: dropout and batch norm read it
   const Tensor& input(int i) const { return *in[i]; }
   Tensor& output(int i) const { return *out[i]; }
 };
@@ -63,6 +64,9 @@ struct OpDef {
   OpKind kind = OpKind::compute;
   bool elementwise = false;  // output may reuse input 0's buffer when it dies here
   bool random = false;       // impure: never merged, folded, or hoisted
+  // State the op writes back when a function is compiled with training=true: (input index,
+  // output index) pairs, where that input is a variable (batch norm's running statistics).
+  std::vector<std::pair<int, int>> state_updates;
   // Inputs at this index and after are read only for their shape (the reference of
   // sum_to_like, say): the memory planner does not keep their buffers alive for them.
   int shape_only_from = -1;

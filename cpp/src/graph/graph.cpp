@@ -226,6 +226,9 @@ void register_linalg_ops(OpRegistry&);
 void register_shape_ops(OpRegistry&);
 void register_index_ops(OpRegistry&);
 void register_random_ops(OpRegistry&);
+void register_activation_ops(OpRegistry&);
+void register_nn_ops(OpRegistry&);
+void register_optim_ops(OpRegistry&);
 
 OpRegistry::OpRegistry() {
   register_source_ops(*this);
@@ -235,6 +238,9 @@ OpRegistry::OpRegistry() {
   register_shape_ops(*this);
   register_index_ops(*this);
   register_random_ops(*this);
+  register_activation_ops(*this);
+  register_nn_ops(*this);
+  register_optim_ops(*this);
 }
 
 OpRegistry& OpRegistry::get() {

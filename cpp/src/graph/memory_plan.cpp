@@ -10,7 +10,7 @@
 
 namespace kiln {
 
-std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs) {
+std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs, bool training) {
   std::vector<TensorSpec> in;
   for (const Tensor& t : inputs) in.push_back({t.dtype(), t.shape()});
   std::vector<TensorSpec> specs = op.infer(in, attrs);
@@ -22,7 +22,7 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
     std::vector<Tensor*> op_;
     for (const Tensor& t : inputs) ip.push_back(&t);
     for (Tensor& t : outs) op_.push_back(&t);
-    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0};
+    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0, training};
     op.cpu(ctx);
   }
   return outs;
@@ -98,9 +98,28 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (p.nodes[e.node].op->kind == OpKind::compute) fresh[s] = true;
     last_use[root[s]] = kForever;
   }
+  // An update written by an index-aligned op (an optimizer step) that is the variable's last
+  // reader goes straight into the variable's memory: no buffer, no copy after the call.
+  std::vector<int> readers(nslots, 0);
+  for (const ProgramNode& node : p.nodes)
+    for (const Edge& e : node.inputs) ++readers[slot_of[e.node][e.index]];
+  std::vector<std::string> var_of(nslots);  // slots written in place, and their variables
+  for (auto& [name, e] : p.updates) {
+    int s = slot_of[e.node][e.index];
+    const ProgramNode& writer = p.nodes[e.node];
+    int32_t var_node = -1;
+    for (int32_t id = 0; id < n; ++id)
+      if (p.nodes[id].op->name == "variable" && p.nodes[id].name == name) var_node = id;
+    if (var_node < 0 || writer.op->kind != OpKind::compute || fresh[s] || readers[s] != 0) continue;
+    int vr = root[slot_of[var_node][0]];
+    bool reads_var = false;
+    for (const Edge& in : writer.inputs) reads_var = reads_var || root[slot_of[in.node][in.index]] == vr;
+    if (last_use[vr] > e.node || (reads_var && !writer.op->elementwise)) continue;
+    var_of[s] = name;
+  }
   for (auto& u : p.updates) last_use[root[slot_of[u.second.node][u.second.index]]] = kForever;
   for (int s = 0; s < nslots; ++s)
-    external[s] = fresh[s] || p.nodes[producer[s]].op->kind == OpKind::source;
+    external[s] = fresh[s] || !var_of[s].empty() || p.nodes[producer[s]].op->kind == OpKind::source;
 
   // 3. Buffers: walk the nodes, give each new root slot a free buffer (or its dying input's,
   // in place), then release the buffers of roots that died here.
@@ -174,6 +193,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
     if (node.op->name == "variable") plan->variable_slots.push_back({slot_of[id][0], node.name});
+    for (int s : slot_of[id])
+      if (!var_of[s].empty()) plan->variable_slots.push_back({s, var_of[s]});
     if (node.op->kind == OpKind::source) continue;
     Step st;
     st.op = node.op;

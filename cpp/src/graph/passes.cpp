@@ -57,7 +57,7 @@ void fold_constants(Program& p) {
       const TensorSpec& s = src.outputs[e.index];
       in.push_back(is_op(src, "constant") ? src.value : Tensor::from_storage(nullptr, s.shape, s.dtype));
     }
-    Tensor v = run_op(*n.op, n.attrs, in).at(0).contiguous();
+    Tensor v = run_op(*n.op, n.attrs, in, p.training).at(0).contiguous();
     if (n.op->kind == OpKind::alias) v = v.clone();  // own the bytes
     n.op = &OpRegistry::get().at("constant");
     n.attrs = Attrs{{"shape", v.shape().vec()}, {"dtype", std::string(dtype_name(v.dtype()))}};
@@ -99,6 +99,27 @@ void merge_common(Program& p) {
   }
   for (Edge& e : p.outputs) e.node = canon[e.node];
   for (auto& u : p.updates) u.second.node = canon[u.second.node];
+}
+
+// A training function writes back the state its ops declare (batch norm's running statistics):
+// the user never has to collect these updates.
+void add_state_updates(Program& p) {
+  const size_t n = p.nodes.size();
+  for (size_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    for (auto [in, out] : node.op->state_updates) {
+      const ProgramNode& var = p.nodes[node.inputs.at(in).node];
+      if (var.op->name != "variable") continue;  // state fed as a plain tensor: nothing to write
+      for (auto& u : p.updates)
+        if (u.first == var.name && p.nodes[u.second.node].op != node.op)
+          throw Error("function: variable '" + var.name + "' is given an update but is also state that " +
+                      describe(node) + " updates itself");
+      auto it = std::find_if(p.updates.begin(), p.updates.end(), [&](const auto& u) { return u.first == var.name; });
+      Edge e{static_cast<int32_t>(id), out};
+      if (it == p.updates.end()) p.updates.push_back({var.name, e});
+      else it->second = e;  // the op applied last in the program wins
+    }
+  }
 }
 
 }  // namespace
@@ -162,8 +183,9 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
                   dtype_name(var.dtype()));
     p->updates.push_back({vn.name, val.edge});
   }
-  // Every input or variable source the outputs need must be fed or held.
   eliminate_dead(*p);
+  if (training) add_state_updates(*p);
+  // Every input source the outputs need must be fed.
   for (size_t id = 0; id < p->nodes.size(); ++id) {
     const ProgramNode& n = p->nodes[id];
     if (n.op->name == "input" &&

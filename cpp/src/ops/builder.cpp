@@ -60,7 +60,7 @@ Value binary(const std::string& op_name, Value a, Value b) {
 }
 
 Value unary(const std::string& op, const Value& x) {
-  static const char* float_only[] = {"exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh"};
+  static const char* float_only[] = {"exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "floor", "cos", "sin"};
   Value v = x;
   if (op == "logical_not") v = cast(v, DType::bool_);
   for (const char* f : float_only)

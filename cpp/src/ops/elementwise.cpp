@@ -28,6 +28,9 @@ struct Sigmoid {
 };
 struct Tanh { template <class T> T operator()(T x) const { return std::tanh(x); } };
 struct Relu { template <class T> T operator()(T x) const { return x < T(0) ? T(0) : x; } };  // NaN stays
+struct Floor { template <class T> T operator()(T x) const { return std::floor(x); } };
+struct Cos { template <class T> T operator()(T x) const { return std::cos(x); } };
+struct Sin { template <class T> T operator()(T x) const { return std::sin(x); } };
 struct LogicalNot { bool operator()(bool x) const { return !x; } };
 
 struct Add { template <class T> T operator()(T a, T b) const { return a + b; } };
@@ -228,6 +231,11 @@ void register_elementwise_ops(OpRegistry& r) {
     Value x = x0(c);
     return std::vector<Value>{where(binary("gt", x, constant_like(0.0, x)), g0(c), zeros_like(g0(c)))};
   });
+  add_unary(r, "floor", unary_kernel<Floor, Types::floats>, [](C) { return std::vector<Value>{Value{}}; });
+  add_unary(r, "cos", unary_kernel<Cos, Types::floats>,
+            [=](C c) { return std::vector<Value>{neg(mul(g0(c), unary("sin", x0(c))))}; });
+  add_unary(r, "sin", unary_kernel<Sin, Types::floats>,
+            [=](C c) { return std::vector<Value>{mul(g0(c), unary("cos", x0(c)))}; });
   add_unary(r, "logical_not", unary_kernel<LogicalNot, Types::boolean>, nullptr);
 
   add_binary(r, "add", binary_kernel<Add, Types::numeric, false>,

@@ -65,7 +65,8 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   const uint64_t counter = calls_++;
   for (Step& st : plan.steps) {
     for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
-    KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter};
+    KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter,
+                      program_->training};
     try {
       st.op->cpu(ctx);
     } catch (const Error& e) {

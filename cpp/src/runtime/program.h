@@ -35,7 +35,7 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
                                        const std::vector<std::pair<Value, Value>>& updates, bool training);
 
 // Runs one op outside any plan (constant folding, tests): allocates its outputs.
-std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs);
+std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs, bool training);
 
 struct Step {
   const OpDef* op = nullptr;

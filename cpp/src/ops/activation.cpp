@@ -1,0 +1,129 @@
+// Activations beyond the elementwise basics: leaky_relu, elu, selu, gelu (exact and tanh),
+// softplus. Parameterised by attributes; gradients written with primitives where they are
+// simple, with a kernel (gelu_grad) where they are not.
+#include <cmath>
+
+#include "cpu/broadcast.h"
+#include "ops/common.h"
+
+namespace kiln {
+using namespace ops;
+
+namespace {
+
+constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
+constexpr double kSeluScale = 1.0507009873554804934193349852946;
+
+struct LeakyRelu {
+  double slope;
+  explicit LeakyRelu(const Attrs& a) : slope(a.f("negative_slope", 0.01)) {}
+  template <class T> T operator()(T x) const { return x < T(0) ? x * T(slope) : x; }
+};
+struct Elu {
+  double alpha;
+  explicit Elu(const Attrs& a) : alpha(a.f("alpha", 1.0)) {}
+  template <class T> T operator()(T x) const { return x > T(0) ? x : T(alpha) * std::expm1(x); }
+};
+struct Selu {
+  explicit Selu(const Attrs&) {}
+  template <class T> T operator()(T x) const {
+    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
+  }
+};
+struct Softplus {
+  double beta, threshold;
+  explicit Softplus(const Attrs& a) : beta(a.f("beta", 1.0)), threshold(a.f("threshold", 20.0)) {}
+  template <class T> T operator()(T x) const {
+    T bx = x * T(beta);
+    return bx > T(threshold) ? x : std::log1p(std::exp(bx)) / T(beta);
+  }
+};
+struct Gelu {
+  bool tanh_approx;
+  explicit Gelu(const Attrs& a) : tanh_approx(a.s("approximate") == "tanh") {}
+  template <class T> T operator()(T x) const {
+    if (tanh_approx) {
+      const T k = T(0.7978845608028654);  // sqrt(2 / pi)
+      return T(0.5) * x * (T(1) + std::tanh(k * (x + T(0.044715) * x * x * x)));
+    }
+    return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
+  }
+  template <class T> T grad(T x) const {
+    if (tanh_approx) {
+      const T k = T(0.7978845608028654);
+      T u = k * (x + T(0.044715) * x * x * x), t = std::tanh(u);
+      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3 * 0.044715) * x * x);
+    }
+    const T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
+    return T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476))) + x * pdf;
+  }
+};
+
+template <class F>
+void act_kernel(const KernelContext& c) {
+  const F f(c.attrs);
+  KILN_DISPATCH_FLOAT(c.input(0).dtype(), "activation",
+                      cpu::map_unary<scalar_t, scalar_t>(c.input(0), c.output(0), [&f](scalar_t v) { return f(v); }));
+}
+
+void gelu_grad_kernel(const KernelContext& c) {  // inputs: g, x
+  const Gelu f(c.attrs);
+  KILN_DISPATCH_FLOAT(c.input(0).dtype(), "gelu_grad",
+                      cpu::map_binary<scalar_t, scalar_t>(c.input(0), c.input(1), c.output(0),
+                                                          [&f](scalar_t g, scalar_t x) { return g * f.grad(x); }));
+}
+
+void add_act(OpRegistry& r, const std::string& name, std::vector<AttrSpec> attrs, KernelFn k, VjpFn vjp) {
+  OpDef d;
+  d.name = name;
+  d.attrs = std::move(attrs);
+  d.infer = [name](const std::vector<TensorSpec>& in, const Attrs&) {
+    if (!is_floating(in[0].dtype)) throw Error("expects a float tensor, got " + std::string(dtype_name(in[0].dtype)));
+    return std::vector<TensorSpec>{in[0]};
+  };
+  d.cpu = k;
+  d.elementwise = true;
+  d.vjp = std::move(vjp);
+  r.add(std::move(d));
+}
+
+Value positive(const Value& x) { return binary("gt", x, constant_like(0.0, x)); }
+
+}  // namespace
+
+void register_activation_ops(OpRegistry& r) {
+  using C = const VjpContext&;
+  using V = std::vector<Value>;
+  add_act(r, "leaky_relu", {{"negative_slope"}}, act_kernel<LeakyRelu>, [](C c) {
+    Value g = c.grads[0];
+    return V{where(positive(c.inputs[0]), g, mul(g, constant_like(c.attrs().f("negative_slope", 0.01), g)))};
+  });
+  add_act(r, "elu", {{"alpha"}}, act_kernel<Elu>, [](C c) {  // below 0: y + alpha
+    Value g = c.grads[0], y = c.outputs[0];
+    return V{where(positive(c.inputs[0]), g, mul(g, add(y, constant_like(c.attrs().f("alpha", 1.0), y))))};
+  });
+  add_act(r, "selu", {}, act_kernel<Selu>, [](C c) {  // below 0: y + scale * alpha
+    Value g = c.grads[0], y = c.outputs[0];
+    return V{where(positive(c.inputs[0]), mul(g, constant_like(kSeluScale, g)),
+                   mul(g, add(y, constant_like(kSeluScale * kSeluAlpha, y))))};
+  });
+  add_act(r, "softplus", {{"beta"}, {"threshold"}}, act_kernel<Softplus>, [](C c) {
+    Value x = c.inputs[0];
+    double beta = c.attrs().f("beta", 1.0);
+    return V{mul(c.grads[0], unary("sigmoid", mul(x, constant_like(beta, x))))};
+  });
+  add_act(r, "gelu", {{"approximate", true}}, act_kernel<Gelu>, [](C c) {
+    return V{c.graph.apply1("gelu_grad", {c.grads[0], c.inputs[0]}, c.attrs())};
+  });
+
+  OpDef gg;
+  gg.name = "gelu_grad";
+  gg.attrs = {{"approximate", true}};
+  gg.num_inputs = 2;
+  gg.infer = [](const std::vector<TensorSpec>& in, const Attrs&) { return std::vector<TensorSpec>{in[0]}; };
+  gg.cpu = gelu_grad_kernel;
+  gg.differentiable = false;  // gelu's second derivative is not provided
+  r.add(std::move(gg));
+}
+
+}  // namespace kiln
