@@ -37,7 +37,7 @@ from .function import Function, eval, function, grad, gradcheck
 from .ops import *
 from .functional import *
 from .losses import *
-from . import data, init, nn, optim, train
+from . import classic, data, init, nn, optim, train
 from .init import manual_seed
 
 __version__ = "0.1.0"

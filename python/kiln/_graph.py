@@ -166,7 +166,7 @@ def _as_array(value: Any, dtype: DTypeLike | None) -> np.ndarray:
         arr = arr.astype(np.float32)
     elif arr.dtype.kind in "iu" and arr.dtype not in (np.int32, np.int64, np.uint8):
         arr = arr.astype(np.int64)
-    return np.ascontiguousarray(arr)
+    return np.asarray(arr, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
 
 @builds
@@ -201,7 +201,7 @@ class Parameter(Tensor):
 
     def assign(self, value: Any) -> None:
         """Overwrites the value (same shape; converted to the variable's dtype)."""
-        arr = np.ascontiguousarray(np.asarray(value).astype(self.dtype, copy=False))
+        arr = np.asarray(np.asarray(value).astype(self.dtype, copy=False), order="C")
         self._graph._g.assign(self._var_name, arr)
 
     def __repr__(self) -> str:

@@ -124,15 +124,19 @@ def batch_norm(
     c = x.shape[1] if x.ndim > 1 else None
     weight = weight if weight is not None else _const_like(x, c, 1.0)
     bias = bias if bias is not None else _const_like(x, c, 0.0)
-    return _apply("batch_norm", [x, weight, bias, running_mean, running_var], eps=float(eps), momentum=float(momentum))[0]
+    return _apply(
+        "batch_norm", [x, weight, bias, running_mean, running_var], eps=float(eps), momentum=float(momentum)
+    )[0]
 
 
 def _const_like(x: Tensor, n: int | None, value: float) -> Tensor:
     import numpy as np
 
+    from ._graph import constant
+
     if n is None:
         raise Error(f"normalization needs a known channel count, got shape {x.shape}")
-    return ops._t(np.full(n, value, dtype=x.dtype), x)
+    return constant(np.full(n, value), dtype=x.dtype)
 
 
 @builds

@@ -90,7 +90,11 @@ def xavier_normal(shape: Sequence[int], gain: float = 1.0, dtype="float32") -> n
 
 
 def kaiming_uniform(
-    shape: Sequence[int], a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", dtype="float32"
+    shape: Sequence[int],
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    dtype="float32",
 ) -> np.ndarray:
     """He: U(-b, b) with b = gain * sqrt(3 / fan); a is the leaky_relu slope."""
     bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / _fan(shape, mode))
@@ -98,7 +102,11 @@ def kaiming_uniform(
 
 
 def kaiming_normal(
-    shape: Sequence[int], a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu", dtype="float32"
+    shape: Sequence[int],
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
+    dtype="float32",
 ) -> np.ndarray:
     """He: N(0, std**2) with std = gain / sqrt(fan)."""
     return normal(shape, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(_fan(shape, mode)), dtype)
@@ -137,4 +145,9 @@ xavier_normal_ = _in_place(xavier_normal)
 kaiming_uniform_ = _in_place(kaiming_uniform)
 kaiming_normal_ = _in_place(kaiming_normal)
 orthogonal_ = _in_place(orthogonal)
-glorot_uniform, glorot_normal, he_uniform, he_normal = xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal
+glorot_uniform, glorot_normal, he_uniform, he_normal = (
+    xavier_uniform,
+    xavier_normal,
+    kaiming_uniform,
+    kaiming_normal,
+)

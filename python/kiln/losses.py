@@ -41,7 +41,12 @@ def softmax_cross_entropy(
     label ignore_index count for nothing; the mean is over the weights of counted samples."""
     labels = _targets(labels, logits)
     inputs = [logits, labels] + ([weight] if weight is not None else [])
-    loss, w = _apply("softmax_cross_entropy", inputs, ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
+    loss, w = _apply(
+        "softmax_cross_entropy",
+        inputs,
+        ignore_index=int(ignore_index),
+        label_smoothing=float(label_smoothing),
+    )
     return _reduce(loss, reduction, w)
 
 
@@ -50,7 +55,11 @@ cross_entropy = softmax_cross_entropy
 
 @builds
 def nll_loss(
-    log_probs: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean"
+    log_probs: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
 ) -> Tensor:
     """Negative log-likelihood of integer targets (N,) under log-probabilities (N, C)."""
     target = _targets(target, log_probs)
@@ -65,7 +74,12 @@ def nll_loss(
 
 @builds
 def multi_margin_loss(
-    x: Tensor, y: Tensor, p: int = 1, margin: float = 1.0, weight: Tensor | None = None, reduction: str = "mean"
+    x: Tensor,
+    y: Tensor,
+    p: int = 1,
+    margin: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Multiclass hinge (SVM) loss as torch: sum over j != y of max(0, margin - x_y + x_j)**p,
     divided by C (multiply by C for CS231n's convention). x (N, C), y (N,) int; p is 1 or 2."""
@@ -88,7 +102,11 @@ def multi_margin_loss(
 
 @builds
 def binary_cross_entropy_with_logits(
-    x: Tensor, target: Tensor, weight: Tensor | None = None, pos_weight: Tensor | None = None, reduction: str = "mean"
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """Stable binary cross-entropy of sigmoid(x) against targets in [0, 1] of x's shape."""
     target = _targets(target, x)

@@ -98,6 +98,9 @@ sigmoid = _make_unary("sigmoid", "1 / (1 + exp(-x)), computed stably.")
 tanh = _make_unary("tanh", "Hyperbolic tangent.")
 relu = _make_unary("relu", "max(x, 0).")
 logical_not = _make_unary("logical_not", "not x (as bool).")
+floor = _make_unary("floor", "The largest integer <= x (gradient zero).")
+cos = _make_unary("cos", "Cosine.")
+sin = _make_unary("sin", "Sine.")
 
 
 @builds
@@ -368,7 +371,7 @@ def _index_tensor(indices: TensorLike, like: Tensor) -> Tensor:
     import numpy as np
 
     g = like._graph
-    return wrap(g._g.constant(np.ascontiguousarray(np.asarray(indices, dtype=np.int64))), g)
+    return wrap(g._g.constant(np.asarray(indices, dtype=np.int64, order="C")), g)
 
 
 @builds
@@ -513,75 +516,11 @@ import builtins as _builtins  # noqa: E402  (sum and max are shadowed above by t
 builtins_sum = _builtins.sum
 
 __all__ = [
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "pow",
-    "maximum",
-    "minimum",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "logical_and",
-    "logical_or",
-    "logical_xor",
-    "logical_not",
-    "neg",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "abs",
-    "sign",
-    "square",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "clip",
-    "where",
-    "cast",
-    "stop_gradient",
-    "sum",
-    "mean",
-    "prod",
-    "max",
-    "min",
-    "amax",
-    "amin",
-    "var",
-    "std",
-    "logsumexp",
-    "argmax",
-    "argmin",
-    "softmax",
-    "log_softmax",
-    "matmul",
-    "transpose",
-    "permute",
-    "reshape",
-    "flatten",
-    "squeeze",
-    "unsqueeze",
-    "expand_dims",
-    "broadcast_to",
-    "zeros_like",
-    "ones_like",
-    "concat",
-    "cat",
-    "concatenate",
-    "stack",
-    "split",
-    "pad",
-    "take",
-    "index_select",
-    "gather",
-    "take_along_axis",
-    "one_hot",
-    "uniform",
-    "normal",
-    "bernoulli",
-]
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+    "logical_and", "logical_or", "logical_xor", "logical_not", "neg", "exp", "log", "sqrt", "rsqrt", "abs",
+    "sign", "square", "sigmoid", "tanh", "relu", "floor", "cos", "sin", "clip", "where", "cast", "stop_gradient",
+    "sum", "mean", "prod", "max", "min", "amax", "amin", "var", "std", "logsumexp", "argmax", "argmin",
+    "softmax", "log_softmax", "matmul", "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze",
+    "expand_dims", "broadcast_to", "zeros_like", "ones_like", "concat", "cat", "concatenate", "stack", "split",
+    "pad", "take", "index_select", "gather", "take_along_axis", "one_hot", "uniform", "normal", "bernoulli",
+]  # fmt: skip

@@ -38,6 +38,7 @@ struct VjpContext {
   std::vector<Value> inputs;
   std::vector<Value> outputs;
   std::vector<Value> grads;
+  std::vector<bool> needs_grad;  // per input: whether it lies on a path to what is differentiated
   const Attrs& attrs() const { return node.attrs; }
 };
 

@@ -56,7 +56,7 @@ std::vector<Value> grad(const Value& y, const std::vector<Value>& wrt, const Val
     if (!depends[id]) continue;
     const Node node = g.node(id);  // a copy: VJP rules append to the graph's node list
     bool any = false;
-    VjpContext ctx{g, node, {}, {}, {}};
+    VjpContext ctx{g, node, {}, {}, {}, {}};
     for (int32_t k = 0; k < static_cast<int32_t>(node.outputs.size()); ++k) {
       auto it = grads.find(Edge{id, k});
       ctx.grads.push_back(it == grads.end() ? Value{} : it->second);
@@ -64,7 +64,10 @@ std::vector<Value> grad(const Value& y, const std::vector<Value>& wrt, const Val
       any = any || it != grads.end();
     }
     if (!any || !node.op->differentiable || node.op->kind == OpKind::source) continue;
-    for (const Edge& e : node.inputs) ctx.inputs.push_back(Value{&g, e});
+    for (const Edge& e : node.inputs) {
+      ctx.inputs.push_back(Value{&g, e});
+      ctx.needs_grad.push_back(depends[e.node]);
+    }
     // A single-output rule may assume its output gradient exists; multi-output rules handle gaps.
     SiteScope site(node.site);
     std::vector<Value> in_grads = node.op->vjp(ctx);

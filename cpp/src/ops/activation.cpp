@@ -108,9 +108,10 @@ void register_activation_ops(OpRegistry& r) {
                    mul(g, add(y, constant_like(kSeluScale * kSeluAlpha, y))))};
   });
   add_act(r, "softplus", {{"beta"}, {"threshold"}}, act_kernel<Softplus>, [](C c) {
-    Value x = c.inputs[0];
-    double beta = c.attrs().f("beta", 1.0);
-    return V{mul(c.grads[0], unary("sigmoid", mul(x, constant_like(beta, x))))};
+    Value x = c.inputs[0], g = c.grads[0];
+    Value bx = mul(x, constant_like(c.attrs().f("beta", 1.0), x));
+    Value linear = binary("gt", bx, constant_like(c.attrs().f("threshold", 20.0), bx));  // y = x there
+    return V{where(linear, g, mul(g, unary("sigmoid", bx)))};
   });
   add_act(r, "gelu", {{"approximate", true}}, act_kernel<Gelu>, [](C c) {
     return V{c.graph.apply1("gelu_grad", {c.grads[0], c.inputs[0]}, c.attrs())};

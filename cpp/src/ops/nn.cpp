@@ -316,6 +316,9 @@ void register_nn_ops(OpRegistry& r) {
   };
   ce.cpu = ce_kernel;
   ce.vjp = [](C c) {
+    if (c.inputs.size() > 2 && c.needs_grad[2])  // as torch: not silently zero
+      throw Error("softmax_cross_entropy: the gradient with respect to the class weights is not implemented" +
+                  (c.node.site.empty() ? std::string() : "\n  at " + c.node.site));
     if (!c.grads[0].valid()) return std::vector<Value>(c.inputs.size());
     std::vector<Value> in{c.grads[0], c.inputs[0], c.inputs[1]};
     if (c.inputs.size() > 2) in.push_back(c.inputs[2]);

@@ -45,16 +45,24 @@ class Linear(Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
-        self.weight = _param(init.kaiming_uniform((out_features, in_features), a=math.sqrt(5)), "linear.weight", dtype)
-        self.bias = _param(init.uniform((out_features,), -bound, bound), "linear.bias", dtype) if bias else None
+        self.weight = _param(
+            init.kaiming_uniform((out_features, in_features), a=math.sqrt(5)), "linear.weight", dtype
+        )
+        self.bias = (
+            _param(init.uniform((out_features,), -bound, bound), "linear.bias", dtype) if bias else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] is not None and x.shape[-1] != self.in_features:
-            raise Error(f"Linear({self.in_features}, {self.out_features}) got input of shape {x.shape} at {_caller_site()}")
+            raise Error(
+                f"Linear({self.in_features}, {self.out_features}) got input of shape {x.shape} at {_caller_site()}"
+            )
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
 
 class Dropout(Module):
@@ -85,14 +93,20 @@ class _BatchNorm(Module):
         self.bias = _param(np.zeros(num_features), f"{name}.bias", dtype) if affine else None
         if not track_running_stats:
             raise Error(f"{type(self).__name__}: track_running_stats=False is not supported")
-        self.register_buffer("running_mean", _param(np.zeros(num_features), f"{name}.running_mean", dtype, False))
-        self.register_buffer("running_var", _param(np.ones(num_features), f"{name}.running_var", dtype, False))
+        self.register_buffer(
+            "running_mean", _param(np.zeros(num_features), f"{name}.running_mean", dtype, False)
+        )
+        self.register_buffer(
+            "running_var", _param(np.ones(num_features), f"{name}.running_var", dtype, False)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim not in self._ranks or x.shape[1] != self.num_features:
             raise Error(f"{type(self).__name__}({self.num_features}) expects input of rank {self._ranks} with "
                         f"{self.num_features} channels on axis 1, got {x.shape} at {_caller_site()}")  # fmt: skip
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.momentum, self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, self.momentum, self.eps
+        )
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -199,7 +213,9 @@ def _activation(name: str, fn, doc: str, **defaults):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
 
-    return type(name, (Module,), {"__init__": __init__, "forward": forward, "extra_repr": extra_repr, "__doc__": doc})
+    return type(
+        name, (Module,), {"__init__": __init__, "forward": forward, "extra_repr": extra_repr, "__doc__": doc}
+    )
 
 
 ReLU = _activation("ReLU", lambda x: ops.relu(x), "max(x, 0)")
@@ -212,4 +228,6 @@ GELU = _activation("GELU", F.gelu, "GELU", approximate="none")
 Softplus = _activation("Softplus", F.softplus, "Softplus", beta=1.0, threshold=20.0)
 Hardtanh = _activation("Hardtanh", F.hardtanh, "Hardtanh", min_val=-1.0, max_val=1.0)
 Softmax = _activation("Softmax", lambda x, dim: ops.softmax(x, dim), "softmax along dim", dim=-1)
-LogSoftmax = _activation("LogSoftmax", lambda x, dim: ops.log_softmax(x, dim), "log_softmax along dim", dim=-1)
+LogSoftmax = _activation(
+    "LogSoftmax", lambda x, dim: ops.log_softmax(x, dim), "log_softmax along dim", dim=-1
+)

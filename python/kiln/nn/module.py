@@ -23,7 +23,9 @@ class Module:
 
     def __setattr__(self, name: str, value) -> None:
         if "_parameters" not in self.__dict__:
-            raise Error(f"{type(self).__name__}.__init__ must call super().__init__() before setting attributes")
+            raise Error(
+                f"{type(self).__name__}.__init__ must call super().__init__() before setting attributes"
+            )
         if name in self._buffers:  # reassigning a buffer keeps it a buffer
             self._buffers[name] = value
         else:

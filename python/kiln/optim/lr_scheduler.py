@@ -127,7 +127,9 @@ class CosineAnnealingWarmRestarts(Schedule):
 class LinearLR(Schedule):
     """From start_factor to end_factor linearly over total_iters steps, then constant."""
 
-    def __init__(self, optimizer=None, start_factor: float = 1 / 3, end_factor: float = 1.0, total_iters: int = 5) -> None:
+    def __init__(
+        self, optimizer=None, start_factor: float = 1 / 3, end_factor: float = 1.0, total_iters: int = 5
+    ) -> None:
         self.start, self.end, self.total = start_factor, end_factor, total_iters
         super().__init__(optimizer)
 
@@ -170,7 +172,9 @@ class LinearWarmup(Schedule):
     """A linear ramp from start_factor to 1 over warmup_steps, times another schedule after it
     (which then sees t counted from the end of the warmup)."""
 
-    def __init__(self, optimizer=None, warmup_steps: int = 1, after: Schedule | None = None, start_factor: float = 0.0):
+    def __init__(
+        self, optimizer=None, warmup_steps: int = 1, after: Schedule | None = None, start_factor: float = 0.0
+    ):
         self.warmup, self.after, self.start = warmup_steps, after, start_factor
         super().__init__(optimizer)
 

@@ -38,7 +38,9 @@ class Optimizer:
     _slots: tuple = ()
     _op = ""
 
-    def __init__(self, params, lr: float, max_norm: float | None = None, schedule: Schedule | None = None) -> None:
+    def __init__(
+        self, params, lr: float, max_norm: float | None = None, schedule: Schedule | None = None
+    ) -> None:
         self.params: list[Parameter] = list(params.parameters() if hasattr(params, "parameters") else params)
         if not self.params:
             raise Error(f"{type(self).__name__}: got an empty parameter list")
@@ -46,7 +48,9 @@ class Optimizer:
             if not isinstance(p, Parameter):
                 raise Error(f"{type(self).__name__}: parameters must be kn.Parameter, got {type(p).__name__}")
             if p.dtype.kind != "f":
-                raise Error(f"{type(self).__name__}: parameter '{p._var_name}' has dtype {p.dtype}; only floats train")
+                raise Error(
+                    f"{type(self).__name__}: parameter '{p._var_name}' has dtype {p.dtype}; only floats train"
+                )
         if lr < 0:
             raise Error(f"{type(self).__name__}: invalid learning rate {lr}")
         self.lr, self.max_norm, self.schedule = lr, max_norm, schedule
@@ -85,7 +89,11 @@ class Optimizer:
         new_step = self.step_count + 1
         pairs = []
         for p, g, slots in zip(self.params, gs, self.state):
-            inputs = [p, g] + [slots[s] for s in self._slots] + [ops.cast(lr, p.dtype), ops.cast(new_step, p.dtype)]
+            inputs = (
+                [p, g]
+                + [slots[s] for s in self._slots]
+                + [ops.cast(lr, p.dtype), ops.cast(new_step, p.dtype)]
+            )
             outs = _apply(self._op, inputs, **self._attrs())
             new_p = outs[0]
             if self.max_norm is not None and p.ndim >= 2:
@@ -117,9 +125,13 @@ class Optimizer:
         """Restores the step counter and slots saved by state_dict() (or converted from torch)."""
         state = state_dict["state"]
         if set(state) - set(range(len(self.params))):
-            raise Error(f"load_state_dict: state for {len(state)} parameters, the optimizer has {len(self.params)}")
+            raise Error(
+                f"load_state_dict: state for {len(state)} parameters, the optimizer has {len(self.params)}"
+            )
         for i, entry in state.items():
-            self.step_count.assign(np.asarray(entry["step"]).astype(np.int64))
+            # torch's SGD keeps no step: a momentum buffer means at least one step was taken
+            step = entry.get("step", 1 if any(name in entry for name in self._torch_slots().values()) else 0)
+            self.step_count.assign(np.asarray(step).astype(np.int64))
             for s, name in self._torch_slots().items():
                 if name in entry:
                     self.state[i][s].assign(np.asarray(entry[name]))
@@ -145,7 +157,12 @@ class SGD(Optimizer):
                  weight_decay: float = 0.0, nesterov: bool = False, **kw) -> None:  # fmt: skip
         if nesterov and (momentum <= 0 or dampening != 0):
             raise Error("SGD: nesterov needs momentum > 0 and dampening 0")
-        self.momentum, self.dampening, self.weight_decay, self.nesterov = momentum, dampening, weight_decay, nesterov
+        self.momentum, self.dampening, self.weight_decay, self.nesterov = (
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+        )
         super().__init__(params, lr, **kw)
 
     def _attrs(self):
@@ -225,7 +242,13 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False, **kw) -> None:  # fmt: skip
-        self.alpha, self.eps, self.weight_decay, self.momentum, self.centered = alpha, eps, weight_decay, momentum, centered
+        self.alpha, self.eps, self.weight_decay, self.momentum, self.centered = (
+            alpha,
+            eps,
+            weight_decay,
+            momentum,
+            centered,
+        )
         super().__init__(params, lr, **kw)
 
     def _attrs(self):
@@ -233,7 +256,11 @@ class RMSprop(Optimizer):
                     momentum=float(self.momentum), centered=int(self.centered))  # fmt: skip
 
     def _torch_slots(self):
-        keep = ["square_avg"] + (["momentum_buffer"] if self.momentum > 0 else []) + (["grad_avg"] if self.centered else [])
+        keep = (
+            ["square_avg"]
+            + (["momentum_buffer"] if self.momentum > 0 else [])
+            + (["grad_avg"] if self.centered else [])
+        )
         return {s: s for s in keep}
 
     def _hyper(self):
@@ -296,6 +323,8 @@ class LBFGS:
                 s_hist.append(s_new)
                 y_hist.append(y_new)
                 s_hist, y_hist = s_hist[-self.history_size :], y_hist[-self.history_size :]
+            else:  # no curvature information: the old history would repeat the same step
+                s_hist, y_hist = [], []
             x, converged = x + s_new, abs(fn - fx) < self.tolerance_change
             fx, g = fn, gn
             if converged:
