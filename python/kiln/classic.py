@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import functional as F
 from . import losses, ops
 from ._graph import Error, Graph, Parameter, input
 from .function import Function, grad
@@ -21,81 +22,102 @@ def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> None:
 
 
 class KNearestNeighbor:
-    """k-NN with L2 (squared distances by the GEMM expansion |a|^2 + |b|^2 - 2 a.b, compiled
-    as one kiln function per block of test rows) or L1 (blocks of broadcast differences)."""
+    """k-NN with L2 or L1 distance. L2 prediction ranks training rows by x.t - |t|^2 / 2 (the
+    GEMM expansion of -|x - t|^2 / 2 without the per-row constant |x|^2), one compiled kiln
+    function per block of test rows, so only `batch_size` rows of scores exist at a time. L1
+    works in blocks of broadcast differences."""
 
     def __init__(self, metric: str = "l2", batch_size: int = 1000) -> None:
         if metric not in ("l1", "l2"):
             raise Error(f"KNearestNeighbor: metric must be 'l1' or 'l2', got {metric!r}")
         self.metric, self.batch_size = metric, batch_size
-        self._fn = None
+        self._fns: dict = {}
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> KNearestNeighbor:
         """Memorizes the training data."""
         _check_xy(X, y)
         self.X_train = np.ascontiguousarray(X, dtype=np.float32)
         self.y_train = np.asarray(y, dtype=np.int64)
-        self._fn = None
+        self._half_sq = 0.5 * np.einsum("ij,ij->i", self.X_train, self.X_train)
+        self._fns = {}
         return self
 
     train = fit  # CS231n's name
 
-    def _distance_fn(self) -> Function:
-        if self._fn is None:
+    def _fn(self, kind: str) -> Function:
+        """Compiled once per kind: "l2" distances, "l1" distances, "score" (L2 ranking)."""
+        if kind not in self._fns:
             d = self.X_train.shape[1]
             with Graph():
-                t = input("test", (None, d))
-                tr = input("train", (None, d))
-                tr_sq = input("train_sq", (None,))
-                if self.metric == "l2":
-                    dist = (
-                        ops.sum(ops.square(t), axis=1, keepdims=True)
-                        + tr_sq
-                        - 2.0 * ops.matmul(t, ops.transpose(tr))
-                    )
+                t, tr, half_sq = (
+                    input("test", (None, d)),
+                    input("train", (None, d)),
+                    input("half_sq", (None,)),
+                )
+                if kind == "score":  # t @ tr.T as one GEMM on tr as stored (linear's layout)
+                    out = F.linear(t, tr) - half_sq
+                elif kind == "l2":
+                    out = ops.sum(ops.square(t), axis=1, keepdims=True) + 2.0 * (half_sq - F.linear(t, tr))
                 else:
-                    dist = ops.sum(ops.abs(ops.unsqueeze(t, 1) - ops.unsqueeze(tr, 0)), axis=2)
-                self._fn = Function([t, tr, tr_sq], dist)
-            self._train_sq = np.einsum("ij,ij->i", self.X_train, self.X_train)
-        return self._fn
+                    out = ops.sum(ops.abs(ops.unsqueeze(t, 1) - ops.unsqueeze(tr, 0)), axis=2)
+                self._fns[kind] = Function([t, tr, half_sq], out)
+        return self._fns[kind]
 
-    def compute_distances(self, X: np.ndarray) -> np.ndarray:
-        """(num_test, num_train) distances: squared L2 (ranking-equivalent to L2) or L1."""
-        if self._fn is None and not hasattr(self, "X_train"):
+    def _check_test(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "X_train"):
             raise Error("KNearestNeighbor: call fit(X, y) before predicting")
         _check_xy(X)
         if X.shape[1] != self.X_train.shape[1]:
             raise Error(
                 f"KNearestNeighbor: test rows have {X.shape[1]} features, training rows {self.X_train.shape[1]}"
             )
-        f = self._distance_fn()
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def compute_distances(self, X: np.ndarray) -> np.ndarray:
+        """(num_test, num_train) distances: squared L2 (ranking-equivalent to L2) or L1."""
+        X = self._check_test(X)
+        f = self._fn(self.metric)
         out = np.empty((len(X), len(self.X_train)), np.float32)
-        step = self.batch_size if self.metric == "l2" else max(1, self.batch_size // 50)
-        blocks = [(i, min(i + step, len(X))) for i in range(0, len(X), step)]
-        for a, b in blocks:
-            if self.metric == "l2":
-                out[a:b] = f(X[a:b], self.X_train, self._train_sq)
-            else:  # L1 over train blocks too, to bound the (test, train, D) intermediate
-                for c in range(0, len(self.X_train), 2000):
-                    e = min(c + 2000, len(self.X_train))
-                    out[a:b, c:e] = f(X[a:b], self.X_train[c:e], self._train_sq[c:e])
+        if self.metric == "l2":
+            for a in range(0, len(X), self.batch_size):
+                out[a : a + self.batch_size] = f(X[a : a + self.batch_size], self.X_train, self._half_sq)
+            return out
+        rows, cols = max(1, self.batch_size // 50), 2000  # bounds the (rows, cols, D) intermediate
+        for a in range(0, len(X), rows):
+            for c in range(0, len(self.X_train), cols):
+                out[a : a + rows, c : c + cols] = f(
+                    X[a : a + rows], self.X_train[c : c + cols], self._half_sq[c : c + cols]
+                )
         return out
 
     def predict(self, X: np.ndarray, k: int = 1) -> np.ndarray:
         """The majority label of the k nearest training rows (ties: the smallest label)."""
-        return self.predict_from_distances(self.compute_distances(X), k)
+        if self.metric == "l1":
+            return self.predict_from_distances(self.compute_distances(X), k)
+        X = self._check_test(X)
+        n = len(self.X_train)
+        if not 1 <= k <= n:
+            raise Error(f"KNearestNeighbor: k must be in [1, {n}], got {k}")
+        f, out = self._fn("score"), np.empty(len(X), np.int64)
+        for a in range(0, len(X), self.batch_size):
+            score = f(X[a : a + self.batch_size], self.X_train, self._half_sq)  # higher: nearer
+            nearest = (
+                np.argpartition(score, n - k, axis=1)[:, n - k :] if k < n else np.argsort(-score, axis=1)
+            )
+            out[a : a + self.batch_size] = self._vote(self.y_train[nearest])
+        return out
 
     def predict_from_distances(self, dists: np.ndarray, k: int = 1) -> np.ndarray:
+        """Majority vote of the k smallest distances in each row of (num_test, num_train)."""
         if not 1 <= k <= dists.shape[1]:
             raise Error(f"KNearestNeighbor: k must be in [1, {dists.shape[1]}], got {k}")
-        nearest = (
-            np.argpartition(dists, k - 1, axis=1)[:, :k] if k < dists.shape[1] else np.argsort(dists, axis=1)
-        )
-        labels = self.y_train[nearest]
-        n_classes = int(self.y_train.max()) + 1
-        counts = np.zeros((len(dists), n_classes), np.int64)
-        np.add.at(counts, (np.arange(len(dists))[:, None], labels), 1)
+        n = dists.shape[1]
+        nearest = np.argpartition(dists, k - 1, axis=1)[:, :k] if k < n else np.argsort(dists, axis=1)
+        return self._vote(self.y_train[nearest])
+
+    def _vote(self, labels: np.ndarray) -> np.ndarray:
+        counts = np.zeros((len(labels), int(self.y_train.max()) + 1), np.int64)
+        np.add.at(counts, (np.arange(len(labels))[:, None], labels), 1)
         return counts.argmax(axis=1)
 
 

@@ -51,5 +51,11 @@ void bind_function(nb::module_& m) {
              d["in_place"] = s.in_place;
              return d;
            })
+      .def("set_profiling", &Function::set_profiling, nb::arg("on"))
+      .def("profile", [](const Function& f) {
+             nb::list rows;
+             for (const auto& e : f.profile()) rows.append(nb::make_tuple(e.node, e.op, e.calls, e.seconds));
+             return rows;
+           })
       .def("__str__", &Function::str);
 }

@@ -49,6 +49,16 @@ class Function {
   int num_plans() const;                   // distinct input shapes compiled so far
   std::string str() const;                 // the optimised program, one node a line
 
+  // Per-node timing of the calls made while profiling is on: (node index, op, calls, seconds).
+  struct ProfileEntry {
+    int node;
+    std::string op;
+    int64_t calls;
+    double seconds;
+  };
+  void set_profiling(bool on);
+  std::vector<ProfileEntry> profile() const;
+
  private:
   Plan& plan_for(const std::vector<Tensor>& inputs);
   std::shared_ptr<Program> program_;
@@ -56,6 +66,8 @@ class Function {
   Plan* last_plan_ = nullptr;
   uint64_t calls_ = 0;
   std::unique_ptr<std::mutex> mutex_;  // calls of one function run one at a time
+  bool profiling_ = false;
+  std::vector<ProfileEntry> profile_;
 };
 
 }  // namespace kiln

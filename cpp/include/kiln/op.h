@@ -65,6 +65,9 @@ struct OpDef {
   OpKind kind = OpKind::compute;
   bool elementwise = false;  // output may reuse input 0's buffer when it dies here
   bool random = false;       // impure: never merged, folded, or hoisted
+  // Output 0 equals input 0 when their concrete shapes agree (sum_to_like, broadcast_like):
+  // the planner then makes it a view instead of running it.
+  bool identity_if_same_shape = false;
   // State the op writes back when a function is compiled with training=true: (input index,
   // output index) pairs, where that input is a variable (batch norm's running statistics).
   std::vector<std::pair<int, int>> state_updates;

@@ -28,6 +28,9 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
   return outs;
 }
 
+// The kernel of every view: its output shares input 0's memory.
+static void bind_view(const KernelContext& c) { c.output(0) = c.input(0).view(c.output(0).shape()); }
+
 std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& input_shapes) {
   auto plan = std::make_unique<Plan>();
   plan->input_shapes = input_shapes;
@@ -66,6 +69,14 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     }
   }
   const int nslots = static_cast<int>(spec.size());
+  // Views: alias ops, and ops that are the identity at these shapes (sum_to_like of a tensor
+  // already of the target shape, say) share their input's memory instead of running.
+  std::vector<bool> view(n, false);
+  for (int32_t id = 0; id < n; ++id) {
+    const ProgramNode& node = p.nodes[id];
+    view[id] = node.op->kind == OpKind::alias ||
+               (node.op->identity_if_same_shape && spec[slot_of[id][0]] == spec[slot_of[node.inputs[0].node][node.inputs[0].index]]);
+  }
   plan->slots.resize(nslots);
   for (int s = 0; s < nslots; ++s) plan->slots[s] = Tensor();
 
@@ -73,7 +84,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   std::vector<int> root(nslots);
   for (int s = 0; s < nslots; ++s) {
     const ProgramNode& node = p.nodes[producer[s]];
-    root[s] = node.op->kind == OpKind::alias ? root[slot_of[node.inputs[0].node][node.inputs[0].index]] : s;
+    root[s] = view[producer[s]] ? root[slot_of[node.inputs[0].node][node.inputs[0].index]] : s;
   }
   constexpr int kForever = INT_MAX;
   std::vector<int> last_use(nslots, -1);  // node id of the last reader of the root's memory
@@ -84,7 +95,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       int r = root[slot_of[node.inputs[i].node][node.inputs[i].index]];
       last_use[r] = std::max(last_use[r], id);
     }
-    if (node.op->kind == OpKind::alias) {  // the view is read later: keep its source alive to then
+    if (view[id]) {  // the view is read later: keep its source alive to then
       int r = root[slot_of[id][0]];
       last_use[r] = std::max(last_use[r], id);
     }
@@ -95,7 +106,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   std::vector<bool> fresh(nslots, false), external(nslots, false);
   for (const Edge& e : p.outputs) {
     int s = slot_of[e.node][e.index];
-    if (p.nodes[e.node].op->kind == OpKind::compute) fresh[s] = true;
+    if (p.nodes[e.node].op->kind == OpKind::compute && !view[e.node]) fresh[s] = true;
     last_use[root[s]] = kForever;
   }
   // An update written by an index-aligned op (an optimizer step) that is the variable's last
@@ -110,7 +121,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     int32_t var_node = -1;
     for (int32_t id = 0; id < n; ++id)
       if (p.nodes[id].op->name == "variable" && p.nodes[id].name == name) var_node = id;
-    if (var_node < 0 || writer.op->kind != OpKind::compute || fresh[s] || readers[s] != 0) continue;
+    if (var_node < 0 || writer.op->kind != OpKind::compute || view[e.node] || fresh[s] || readers[s] != 0) continue;
     int vr = root[slot_of[var_node][0]];
     bool reads_var = false;
     for (const Edge& in : writer.inputs) reads_var = reads_var || root[slot_of[in.node][in.index]] == vr;
@@ -130,7 +141,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
     if (node.op->kind == OpKind::source) continue;
-    for (size_t k = 0; k < node.outputs.size() && node.op->kind == OpKind::compute; ++k) {
+    for (size_t k = 0; k < node.outputs.size() && node.op->kind == OpKind::compute && !view[id]; ++k) {
       int s = slot_of[id][k];
       if (external[s]) continue;
       size_t bytes = static_cast<size_t>(spec[s].shape.numel()) * dtype_size(spec[s].dtype);
@@ -198,6 +209,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (node.op->kind == OpKind::source) continue;
     Step st;
     st.op = node.op;
+    st.kernel = view[id] ? bind_view : node.op->cpu;
     st.attrs = &node.attrs;
     st.node = id;
     for (const Edge& e : node.inputs) st.in.push_back(&plan->slots[slot_of[e.node][e.index]]);

@@ -7,6 +7,16 @@
 #include "cpu/parallel.h"
 #include "ops/common.h"
 
+// The outputs may be the inputs (updates write the variables in place), but only element i
+// ever touches element i: tell the compiler so, or it will not vectorize the loops.
+#if defined(__GNUC__) && !defined(__clang__)
+#define KILN_NO_ALIAS_ACROSS_ELEMENTS _Pragma("GCC ivdep")
+#elif defined(__clang__)
+#define KILN_NO_ALIAS_ACROSS_ELEMENTS _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define KILN_NO_ALIAS_ACROSS_ELEMENTS
+#endif
+
 namespace kiln {
 
 namespace {
@@ -30,6 +40,7 @@ void sgd_kernel(const KernelContext& c) {
     const bool first = scalar_in<T>(c, 4) <= T(1);
     T *np = c.output(0).data<T>(), *nb = c.output(1).data<T>();
     cpu::parallel_for(c.input(0).numel(), 1 << 14, [&](int64_t b, int64_t e) {
+      KILN_NO_ALIAS_ACROSS_ELEMENTS
       for (int64_t i = b; i < e; ++i) {
         T d = g[i] + T(wd) * p[i];
         if (momentum != 0) {
@@ -46,35 +57,45 @@ void sgd_kernel(const KernelContext& c) {
 }
 
 // Adam / AdamW: inputs param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, step;
-// outputs param, exp_avg, exp_avg_sq, max_exp_avg_sq.
+// outputs param, exp_avg, exp_avg_sq, max_exp_avg_sq (untouched without amsgrad).
+template <class T, bool amsgrad, bool decoupled>
+void adam_loop(const KernelContext& c, double b1, double b2, double eps, double wd) {
+  const T *p = c.input(0).data<T>(), *g = c.input(1).data<T>(), *m = c.input(2).data<T>(),
+          *v = c.input(3).data<T>(), *vmax = c.input(4).data<T>();
+  const T lr = scalar_in<T>(c, 5);
+  const double t = scalar_in<T>(c, 6);
+  const T step_size = T(lr / (1 - std::pow(b1, t))), inv_bc2_sqrt = T(1 / std::sqrt(1 - std::pow(b2, t)));
+  const T decay = T(1 - lr * wd), l2 = T(wd), B1 = T(b1), B2 = T(b2), E = T(eps);
+  T *np = c.output(0).data<T>(), *nm = c.output(1).data<T>(), *nv = c.output(2).data<T>(),
+    *nvmax = c.output(3).data<T>();
+  cpu::parallel_for(c.input(0).numel(), 1 << 14, [&](int64_t b, int64_t e) {
+    KILN_NO_ALIAS_ACROSS_ELEMENTS
+    for (int64_t i = b; i < e; ++i) {
+      T pi = p[i], gi = g[i];
+      if constexpr (decoupled) pi *= decay;  // AdamW
+      else gi += l2 * pi;                    // Adam's L2 penalty
+      T mi = B1 * m[i] + (T(1) - B1) * gi;
+      T vi = B2 * v[i] + (T(1) - B2) * gi * gi;
+      T vhat = vi;
+      if constexpr (amsgrad) vhat = nvmax[i] = vmax[i] > vi ? vmax[i] : vi;
+      np[i] = pi - step_size * mi / (std::sqrt(vhat) * inv_bc2_sqrt + E);
+      nm[i] = mi;
+      nv[i] = vi;
+    }
+  });
+  if constexpr (!amsgrad)
+    if (nvmax != vmax) std::copy(vmax, vmax + c.input(4).numel(), nvmax);
+}
+
 void adam_kernel(const KernelContext& c) {
   const double b1 = c.attrs.f("beta1"), b2 = c.attrs.f("beta2"), eps = c.attrs.f("eps"),
                wd = c.attrs.f("weight_decay", 0);
   const bool amsgrad = c.attrs.i("amsgrad", 0), decoupled = c.attrs.i("decoupled", 0);
   KILN_DISPATCH_FLOAT(c.input(0).dtype(), "adam_update", {
-    using T = scalar_t;
-    const T *p = c.input(0).data<T>(), *g = c.input(1).data<T>(), *m = c.input(2).data<T>(),
-            *v = c.input(3).data<T>(), *vmax = c.input(4).data<T>();
-    const T lr = scalar_in<T>(c, 5);
-    const double t = scalar_in<T>(c, 6);
-    const T bc1 = T(1 - std::pow(b1, t)), bc2_sqrt = T(std::sqrt(1 - std::pow(b2, t)));
-    T *np = c.output(0).data<T>(), *nm = c.output(1).data<T>(), *nv = c.output(2).data<T>(),
-      *nvmax = c.output(3).data<T>();
-    cpu::parallel_for(c.input(0).numel(), 1 << 14, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        T pi = p[i], gi = g[i];
-        if (decoupled) pi -= lr * T(wd) * pi;  // AdamW
-        else gi += T(wd) * pi;                 // Adam's L2 penalty
-        T mi = T(b1) * m[i] + T(1 - b1) * gi;
-        T vi = T(b2) * v[i] + T(1 - b2) * gi * gi;
-        T vhat = vi;
-        if (amsgrad) vhat = nvmax[i] = std::max(vmax[i], vi);
-        else nvmax[i] = vmax[i];
-        np[i] = pi - (lr / bc1) * mi / (std::sqrt(vhat) / bc2_sqrt + T(eps));
-        nm[i] = mi;
-        nv[i] = vi;
-      }
-    });
+    if (amsgrad && decoupled) adam_loop<scalar_t, true, true>(c, b1, b2, eps, wd);
+    else if (amsgrad) adam_loop<scalar_t, true, false>(c, b1, b2, eps, wd);
+    else if (decoupled) adam_loop<scalar_t, false, true>(c, b1, b2, eps, wd);
+    else adam_loop<scalar_t, false, false>(c, b1, b2, eps, wd);
   });
 }
 
@@ -88,6 +109,7 @@ void adagrad_kernel(const KernelContext& c) {
     const T clr = T(scalar_in<T>(c, 3) / (1 + (t - 1) * lr_decay));
     T *np = c.output(0).data<T>(), *ns = c.output(1).data<T>();
     cpu::parallel_for(c.input(0).numel(), 1 << 14, [&](int64_t b, int64_t e) {
+      KILN_NO_ALIAS_ACROSS_ELEMENTS
       for (int64_t i = b; i < e; ++i) {
         T gi = g[i] + T(wd) * p[i];
         T si = s[i] + gi * gi;
@@ -112,6 +134,7 @@ void rmsprop_kernel(const KernelContext& c) {
     T *np = c.output(0).data<T>(), *nsq = c.output(1).data<T>(), *nbuf = c.output(2).data<T>(),
       *nga = c.output(3).data<T>();
     cpu::parallel_for(c.input(0).numel(), 1 << 14, [&](int64_t b, int64_t e) {
+      KILN_NO_ALIAS_ACROSS_ELEMENTS
       for (int64_t i = b; i < e; ++i) {
         T gi = g[i] + T(wd) * p[i];
         T s = T(alpha) * sq[i] + T(1 - alpha) * gi * gi;

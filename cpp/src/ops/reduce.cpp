@@ -259,6 +259,7 @@ void register_reduce_ops(OpRegistry& r) {
     }
     return std::vector<TensorSpec>{{in[0].dtype, to}};
   };
+  st.identity_if_same_shape = true;
   st.cpu = sum_to_like_kernel;
   st.vjp = [](C c) { return std::vector<Value>{broadcast_like(c.grads[0], c.inputs[0]), Value{}}; };
   r.add(std::move(st));

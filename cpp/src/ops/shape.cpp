@@ -287,6 +287,7 @@ void register_shape_ops(OpRegistry& r) {
       if (to[i] == -1) to[i] = i >= lead ? in[0].shape[i - lead] : 1;
     return Specs{{in[0].dtype, check_broadcastable(in[0].shape, to, "broadcast_to")}};
   };
+  bt.identity_if_same_shape = true;
   bt.cpu = broadcast_kernel;
   bt.vjp = [](C c) { return std::vector<Value>{sum_to_like(c.grads[0], c.inputs[0])}; };
   r.add(std::move(bt));
@@ -298,6 +299,7 @@ void register_shape_ops(OpRegistry& r) {
   bl.infer = [](const Specs& in, const Attrs&) {
     return Specs{{in[0].dtype, check_broadcastable(in[0].shape, in[1].shape, "broadcast_like")}};
   };
+  bl.identity_if_same_shape = true;
   bl.cpu = broadcast_kernel;
   bl.vjp = [](C c) { return std::vector<Value>{sum_to_like(c.grads[0], c.inputs[0]), Value{}}; };
   r.add(std::move(bl));

@@ -1,6 +1,7 @@
 #include "kiln/function.h"
 
 #include <algorithm>
+#include <chrono>
 #include <sstream>
 
 #include "kiln/error.h"
@@ -68,7 +69,15 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
     KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter,
                       program_->training};
     try {
-      st.op->cpu(ctx);
+      if (profiling_) {
+        auto t0 = std::chrono::steady_clock::now();
+        st.kernel(ctx);
+        ProfileEntry& e = profile_[st.node];
+        e.calls += 1;
+        e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      } else {
+        st.kernel(ctx);
+      }
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + "\n  in " + describe(program_->nodes[st.node]));
     }
@@ -109,6 +118,23 @@ std::map<std::string, Tensor> Function::operator()(const std::map<std::string, T
   std::map<std::string, Tensor> result;
   for (size_t i = 0; i < out.size(); ++i) result[program_->output_names[i]] = out[i];
   return result;
+}
+
+void Function::set_profiling(bool on) {
+  std::lock_guard<std::mutex> lock(*mutex_);
+  profiling_ = on;
+  if (on) {
+    profile_.clear();
+    for (size_t i = 0; i < program_->nodes.size(); ++i)
+      profile_.push_back({static_cast<int>(i), program_->nodes[i].op->name, 0, 0.0});
+  }
+}
+
+std::vector<Function::ProfileEntry> Function::profile() const {
+  std::vector<ProfileEntry> out;
+  for (const ProfileEntry& e : profile_)
+    if (e.calls) out.push_back(e);
+  return out;
 }
 
 std::string Function::str() const {

@@ -39,6 +39,7 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
 
 struct Step {
   const OpDef* op = nullptr;
+  KernelFn kernel = nullptr;  // the op's, or the view binding when the node is a view here
   const Attrs* attrs = nullptr;
   std::vector<const Tensor*> in;
   std::vector<Tensor*> out;
