@@ -15,10 +15,15 @@ from .function import Function, grad
 
 
 def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> None:
+    X = np.asarray(X)
     if X.ndim != 2:
         raise Error(f"expected X of shape (N, D), got {X.shape}; flatten images with X.reshape(len(X), -1)")
-    if y is not None and (y.ndim != 1 or len(y) != len(X)):
-        raise Error(f"expected y of shape ({len(X)},), got {y.shape}")
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise Error(f"expected y of shape ({len(X)},), got {y.shape}")
+        if len(y) and (y.dtype.kind not in "iu" or y.min() < 0):
+            raise Error("labels must be non-negative integers 0..C-1")
 
 
 class KNearestNeighbor:
@@ -30,6 +35,8 @@ class KNearestNeighbor:
     def __init__(self, metric: str = "l2", batch_size: int = 1000) -> None:
         if metric not in ("l1", "l2"):
             raise Error(f"KNearestNeighbor: metric must be 'l1' or 'l2', got {metric!r}")
+        if batch_size < 1:
+            raise Error(f"KNearestNeighbor: batch_size must be positive, got {batch_size}")
         self.metric, self.batch_size = metric, batch_size
         self._fns: dict = {}
 
@@ -109,6 +116,12 @@ class KNearestNeighbor:
 
     def predict_from_distances(self, dists: np.ndarray, k: int = 1) -> np.ndarray:
         """Majority vote of the k smallest distances in each row of (num_test, num_train)."""
+        if not hasattr(self, "X_train"):
+            raise Error("KNearestNeighbor: call fit(X, y) before predicting")
+        if dists.ndim != 2 or dists.shape[1] != len(self.X_train):
+            raise Error(
+                f"predict_from_distances: expected (num_test, {len(self.X_train)}) distances, got {dists.shape}"
+            )
         if not 1 <= k <= dists.shape[1]:
             raise Error(f"KNearestNeighbor: k must be in [1, {dists.shape[1]}], got {k}")
         n = dists.shape[1]
@@ -127,6 +140,10 @@ def cross_validate(
     """k-fold cross-validation of k-NN: returns (best k, {k: [accuracy of each fold]}). Distances
     of each fold are computed once and reused for every k."""
     _check_xy(X, y)
+    if not k_choices:
+        raise Error("cross_validate: k_choices is empty")
+    if not 2 <= num_folds <= len(X):
+        raise Error(f"cross_validate: num_folds must be in [2, {len(X)}], got {num_folds}")
     folds_x, folds_y = np.array_split(X, num_folds), np.array_split(y, num_folds)
     accuracies: dict[int, list[float]] = {k: [] for k in k_choices}
     for i in range(num_folds):
@@ -181,15 +198,26 @@ class LinearClassifier:
     train = fit
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """The highest-scoring class of each row: (N, D) -> (N,)."""
         if self.W is None:
             raise Error(f"{type(self).__name__}: call fit(X, y) before predict")
+        _check_xy(X)
+        if X.shape[1] != self.W.shape[0]:
+            raise Error(
+                f"{type(self).__name__}: X has {X.shape[1]} features, the classifier {self.W.shape[0]}"
+            )
         return np.argmax(X @ self.W + self.b, axis=1)
 
-    def class_templates(self, image_shape: tuple = (32, 32, 3)) -> np.ndarray:
+    def class_templates(self, image_shape: tuple = (3, 32, 32)) -> np.ndarray:
         """The weights of each class as an image (C, *image_shape), rescaled to 0..255: what the
-        classifier looks for. image_shape must hold D values (e.g. (3, 32, 32) for NCHW rows)."""
+        classifier looks for. image_shape must hold D values: (3, 32, 32) for rows flattened from
+        kiln's NCHW images."""
         if self.W is None:
             raise Error("class_templates: the classifier is not trained")
+        if int(np.prod(image_shape)) != self.W.shape[0]:
+            raise Error(
+                f"class_templates: image_shape {tuple(image_shape)} does not hold the {self.W.shape[0]} weights per class"
+            )
         w = self.W.T.reshape((self.W.shape[1],) + tuple(image_shape))
         lo, hi = w.min(), w.max()
         return (255.0 * (w - lo) / (hi - lo + 1e-12)).astype(np.uint8)
