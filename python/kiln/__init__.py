@@ -37,7 +37,9 @@ from .function import Function, eval, function, grad, gradcheck
 from .ops import *
 from .functional import *
 from .losses import *
+from .conv import *
 from . import classic, data, init, nn, optim, train
 from .init import manual_seed
+from .summary import summary
 
 __version__ = "0.1.0"

@@ -26,6 +26,8 @@ struct KernelContext {
   int n_out;
   uint64_t call_counter;  // increments on every call of the function; random streams use it
   bool training = true;   // the function's mode: dropout and batch norm read it
+  void* workspace = nullptr;  // scratch memory of OpDef::workspace bytes, planned once
+  size_t workspace_bytes = 0;
   const Tensor& input(int i) const { return *in[i]; }
   Tensor& output(int i) const { return *out[i]; }
 };
@@ -47,6 +49,9 @@ using InferFn = std::function<std::vector<TensorSpec>(const std::vector<TensorSp
 // Returns one gradient per input; an invalid Value means "no gradient" (zero).
 using VjpFn = std::function<std::vector<Value>(const VjpContext& ctx)>;
 using KernelFn = void (*)(const KernelContext& ctx);
+// Scratch bytes a kernel needs for these concrete input and output specs.
+using WorkspaceFn = std::function<size_t(const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
+                                         const Attrs& attrs)>;
 
 enum class OpKind : uint8_t {
   compute,  // runs a kernel
@@ -62,6 +67,7 @@ struct OpDef {
   VjpFn vjp;                        // empty together with differentiable == false
   bool differentiable = true;       // false: an explicit "has no gradient" mark
   KernelFn cpu = nullptr;
+  WorkspaceFn workspace;  // empty: the kernel needs no scratch memory
   OpKind kind = OpKind::compute;
   bool elementwise = false;  // output may reuse input 0's buffer when it dies here
   bool random = false;       // impure: never merged, folded, or hoisted

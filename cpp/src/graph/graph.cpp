@@ -229,6 +229,8 @@ void register_random_ops(OpRegistry&);
 void register_activation_ops(OpRegistry&);
 void register_nn_ops(OpRegistry&);
 void register_optim_ops(OpRegistry&);
+void register_conv_ops(OpRegistry&);
+void register_pool_ops(OpRegistry&);
 
 OpRegistry::OpRegistry() {
   register_source_ops(*this);
@@ -241,6 +243,8 @@ OpRegistry::OpRegistry() {
   register_activation_ops(*this);
   register_nn_ops(*this);
   register_optim_ops(*this);
+  register_conv_ops(*this);
+  register_pool_ops(*this);
 }
 
 OpRegistry& OpRegistry::get() {

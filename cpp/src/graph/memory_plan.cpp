@@ -22,7 +22,10 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
     std::vector<Tensor*> op_;
     for (const Tensor& t : inputs) ip.push_back(&t);
     for (Tensor& t : outs) op_.push_back(&t);
-    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0, training};
+    size_t ws = op.workspace ? op.workspace(in, specs, attrs) : 0;
+    Storage scratch(ws);
+    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0, training,
+                      scratch.data(), ws};
     op.cpu(ctx);
   }
   return outs;
@@ -201,6 +204,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (size_t cap : capacity) plan->stats.buffer_bytes += cap;
 
   // 5. Steps, bindings and outputs.
+  size_t scratch_bytes = 0;
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
     if (node.op->name == "variable") plan->variable_slots.push_back({slot_of[id][0], node.name});
@@ -218,6 +222,13 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       st.out.push_back(&plan->slots[s]);
       if (fresh[s]) st.fresh.push_back({static_cast<int>(k), spec[s]});
     }
+    if (node.op->workspace && !view[id]) {
+      std::vector<TensorSpec> in, out;
+      for (const Edge& e : node.inputs) in.push_back(spec[slot_of[e.node][e.index]]);
+      for (int s : slot_of[id]) out.push_back(spec[s]);
+      st.workspace = node.op->workspace(in, out, node.attrs);
+      scratch_bytes = std::max(scratch_bytes, st.workspace);
+    }
     plan->steps.push_back(std::move(st));
   }
   for (int32_t i : p.inputs) plan->input_slots.push_back(slot_of[i][0]);
@@ -234,6 +245,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
                   ", the variable " + v.shape().str());
     plan->update_slots.push_back({name, s});
   }
+  plan->scratch = std::make_shared<Storage>(scratch_bytes);
+  plan->stats.buffer_bytes += scratch_bytes;
   plan->stats.steps = static_cast<int>(plan->steps.size());
   return plan;
 }

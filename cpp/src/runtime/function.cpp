@@ -67,7 +67,7 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   for (Step& st : plan.steps) {
     for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
     KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter,
-                      program_->training};
+                      program_->training, plan.scratch->data(), st.workspace};
     try {
       if (profiling_) {
         auto t0 = std::chrono::steady_clock::now();

@@ -44,6 +44,7 @@ struct Step {
   std::vector<const Tensor*> in;
   std::vector<Tensor*> out;
   std::vector<std::pair<int, TensorSpec>> fresh;  // outputs allocated anew each call
+  size_t workspace = 0;                            // scratch bytes (Plan::scratch holds the most)
   int32_t node = -1;
 };
 
@@ -57,6 +58,7 @@ struct Plan {
   std::vector<bool> output_fresh;   // false: the output must be copied out (a view or a source)
   std::vector<std::pair<std::string, int>> update_slots;
   std::vector<std::shared_ptr<Storage>> buffers;
+  std::shared_ptr<Storage> scratch;  // shared by the kernels that need workspace, one at a time
   PlanStats stats;
 };
 

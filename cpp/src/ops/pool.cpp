@@ -1,0 +1,384 @@
+// Pooling in 1-3 spatial dims (as 3-D with size-1 leading dims), as torch.nn.functional:
+// max and average pooling (kernel, stride, padding, ceil_mode, count_include_pad), adaptive
+// average and max pooling, and nearest / bilinear upsampling, each with its gradient op.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "cpu/parallel.h"
+#include "ops/common.h"
+
+namespace kiln {
+using namespace ops;
+
+namespace {
+
+using Specs = std::vector<TensorSpec>;
+using C = const VjpContext&;
+
+enum class Mode { max, avg, adaptive_max, adaptive_avg };
+
+struct PoolGeom {
+  int sp = 0;
+  int64_t planes = 0;  // N * C
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, ker[3] = {1, 1, 1}, stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0};
+  bool include_pad = true;
+  int64_t I() const { return in[0] * in[1] * in[2]; }
+  int64_t P() const { return out[0] * out[1] * out[2]; }
+};
+
+int64_t pool_out_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  int64_t num = in + 2 * p - k;
+  int64_t o = (ceil_mode ? (num + s - 1) / s : num / s) + 1;
+  if (ceil_mode && (o - 1) * s >= in + p) --o;  // the last window must start inside the input or left padding
+  return o;
+}
+
+bool is_adaptive(Mode m) { return m == Mode::adaptive_max || m == Mode::adaptive_avg; }
+
+// x: (N, C, spatial...) input shape; out_override: the output shape when known (gradients).
+PoolGeom make_pool(const Shape& x, const Attrs& a, Mode mode, const char* op) {
+  PoolGeom g;
+  g.sp = x.rank() - 2;
+  if (g.sp < 1 || g.sp > 3) throw Error(std::string(op) + ": expects a 3-, 4- or 5-d input (N, C, ...), got " + x.str());
+  g.planes = x[0] < 0 || x[1] < 0 ? kUnknownDim : x[0] * x[1];
+  auto vec = [&](const char* name) {
+    const auto& v = a.ints(name);
+    if (static_cast<int>(v.size()) != g.sp)
+      throw Error(std::string(op) + ": " + name + " needs " + std::to_string(g.sp) + " values for input " + x.str());
+    return v;
+  };
+  g.include_pad = a.i("count_include_pad", 1) != 0;
+  for (int i = 0; i < g.sp; ++i) {
+    int j = 3 - g.sp + i;
+    g.in[j] = x[2 + i];
+    if (is_adaptive(mode)) {
+      g.out[j] = vec("output_size")[i];
+      if (g.out[j] < 1) throw Error(std::string(op) + ": output_size must be positive");
+      continue;
+    }
+    g.ker[j] = vec("kernel")[i];
+    g.stride[j] = vec("stride")[i];
+    g.pad[j] = vec("padding")[i];
+    if (g.ker[j] < 1 || g.stride[j] < 1 || g.pad[j] < 0)
+      throw Error(std::string(op) + ": kernel and stride must be >= 1, padding >= 0");
+    if (2 * g.pad[j] > g.ker[j])
+      throw Error(std::string(op) + ": padding " + std::to_string(g.pad[j]) + " must be at most half the kernel " +
+                  std::to_string(g.ker[j]));
+    if (g.in[j] < 0) {
+      g.out[j] = kUnknownDim;
+      continue;
+    }
+    if (g.in[j] + 2 * g.pad[j] < g.ker[j])
+      throw Error(std::string(op) + ": kernel " + std::to_string(g.ker[j]) + " is larger than the padded input " + x.str());
+    g.out[j] = pool_out_size(g.in[j], g.ker[j], g.stride[j], g.pad[j], a.i("ceil_mode", 0) != 0);
+  }
+  return g;
+}
+
+// The window of output index o along dim d: [lo, hi) clipped to the input, and its divisor.
+struct Window {
+  int64_t lo, hi, count;
+};
+Window window(const PoolGeom& g, Mode mode, int d, int64_t o) {
+  if (is_adaptive(mode)) {
+    int64_t lo = (o * g.in[d]) / g.out[d], hi = ((o + 1) * g.in[d] + g.out[d] - 1) / g.out[d];
+    return {lo, hi, hi - lo};
+  }
+  int64_t lo = o * g.stride[d] - g.pad[d], hi = std::min(lo + g.ker[d], g.in[d] + g.pad[d]);
+  int64_t padded = hi - lo;  // torch's pool size with count_include_pad: clipped to the padded input
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min(hi, g.in[d]);
+  return {lo, hi, g.include_pad ? padded : hi - lo};
+}
+
+Shape pool_out_shape(const Shape& x, const PoolGeom& g) {
+  Shape s{x[0], x[1]};
+  for (int i = 0; i < g.sp; ++i) s.push_back(g.out[3 - g.sp + i]);
+  return s;
+}
+
+// Calls fn(plane, out_index, windows[3]) for every output element, parallel over planes.
+template <class F>
+void for_each_window(const PoolGeom& g, Mode mode, F fn) {
+  cpu::parallel_for(g.planes, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t pl = p0; pl < p1; ++pl)
+      for (int64_t od = 0; od < g.out[0]; ++od) {
+        Window wd = window(g, mode, 0, od);
+        for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+          Window wh = window(g, mode, 1, oh);
+          for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+            Window ww = window(g, mode, 2, ow);
+            Window w3[3] = {wd, wh, ww};
+            fn(pl, (od * g.out[1] + oh) * g.out[2] + ow, w3);
+          }
+        }
+      }
+  });
+}
+
+template <Mode mode>
+void pool_kernel(const KernelContext& c) {
+  const Tensor& x = c.input(0);
+  PoolGeom g = make_pool(x.shape(), c.attrs, mode, "pool");
+  const bool is_max = mode == Mode::max || mode == Mode::adaptive_max;
+  int64_t* idx = is_max ? c.output(1).data<int64_t>() : nullptr;
+  KILN_DISPATCH_FLOAT(x.dtype(), "pool", {
+    const scalar_t* in = x.data<scalar_t>();
+    scalar_t* out = c.output(0).data<scalar_t>();
+    const int64_t I = g.I(), P = g.P();
+    for_each_window(g, mode, [&](int64_t pl, int64_t o, const Window* w) {
+      const scalar_t* plane = in + pl * I;
+      if (is_max) {
+        scalar_t best = -std::numeric_limits<scalar_t>::infinity();
+        int64_t arg = -1;
+        for (int64_t d = w[0].lo; d < w[0].hi; ++d)
+          for (int64_t h = w[1].lo; h < w[1].hi; ++h)
+            for (int64_t v = w[2].lo; v < w[2].hi; ++v) {
+              int64_t i = (d * g.in[1] + h) * g.in[2] + v;
+              scalar_t val = plane[i];
+              if (arg < 0 || val > best || val != val) {  // NaN propagates, as torch
+                best = val;
+                arg = i;
+                if (val != val) goto done;
+              }
+            }
+      done:
+        out[pl * P + o] = best;
+        idx[pl * P + o] = arg;
+      } else {
+        double s = 0;
+        for (int64_t d = w[0].lo; d < w[0].hi; ++d)
+          for (int64_t h = w[1].lo; h < w[1].hi; ++h)
+            for (int64_t v = w[2].lo; v < w[2].hi; ++v) s += plane[(d * g.in[1] + h) * g.in[2] + v];
+        int64_t count = w[0].count * w[1].count * w[2].count;
+        out[pl * P + o] = scalar_t(count ? s / count : 0.0);
+      }
+    });
+  });
+}
+
+// max_pool_grad(gy, indices, x_ref): scatters gy to the argmax of each window.
+void max_pool_grad_kernel(const KernelContext& c) {
+  const Tensor &gy = c.input(0), &idx = c.input(1);
+  Tensor& dx = c.output(0);
+  const int64_t planes = dx.shape()[0] * dx.shape()[1];
+  const int64_t I = planes ? dx.numel() / planes : 0, P = planes ? gy.numel() / planes : 0;
+  std::memset(dx.raw(), 0, dx.nbytes());
+  KILN_DISPATCH_FLOAT(gy.dtype(), "max_pool_grad", {
+    const scalar_t* g = gy.data<scalar_t>();
+    const int64_t* ix = idx.data<int64_t>();
+    scalar_t* d = dx.data<scalar_t>();
+    cpu::parallel_for(planes, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t pl = p0; pl < p1; ++pl)
+        for (int64_t o = 0; o < P; ++o) {
+          int64_t i = ix[pl * P + o];
+          if (i >= 0 && i < I) d[pl * I + i] += g[pl * P + o];
+        }
+    });
+  });
+}
+
+// avg_pool_grad(gy, x_ref): spreads each gradient evenly over its window.
+template <Mode mode>
+void avg_pool_grad_kernel(const KernelContext& c) {
+  const Tensor& gy = c.input(0);
+  Tensor& dx = c.output(0);
+  PoolGeom g = make_pool(dx.shape(), c.attrs, mode, "avg_pool_grad");
+  std::memset(dx.raw(), 0, dx.nbytes());
+  KILN_DISPATCH_FLOAT(gy.dtype(), "avg_pool_grad", {
+    const scalar_t* gp = gy.data<scalar_t>();
+    scalar_t* d = dx.data<scalar_t>();
+    const int64_t I = g.I(), P = g.P();
+    for_each_window(g, mode, [&](int64_t pl, int64_t o, const Window* w) {
+      int64_t count = w[0].count * w[1].count * w[2].count;
+      if (!count) return;
+      scalar_t share = gp[pl * P + o] / scalar_t(count);
+      scalar_t* plane = d + pl * I;
+      for (int64_t a = w[0].lo; a < w[0].hi; ++a)
+        for (int64_t h = w[1].lo; h < w[1].hi; ++h)
+          for (int64_t v = w[2].lo; v < w[2].hi; ++v) plane[(a * g.in[1] + h) * g.in[2] + v] += share;
+    });
+  });
+}
+
+// ---- upsampling ----
+
+// The source coordinate of output index o along a dim, as torch (size given, no scale factor).
+double source_coord(int64_t o, int64_t in, int64_t out, bool align_corners, bool nearest) {
+  if (nearest) return std::min<double>(std::floor(o * (static_cast<double>(in) / out)), in - 1);
+  if (align_corners) return out > 1 ? o * (static_cast<double>(in - 1) / (out - 1)) : 0.0;
+  double s = (o + 0.5) * (static_cast<double>(in) / out) - 0.5;
+  return s < 0 ? 0.0 : s;
+}
+
+struct Lerp {
+  int64_t i0, i1;
+  double w1;  // weight of i1
+};
+Lerp lerp(int64_t o, int64_t in, int64_t out, bool align_corners) {
+  double s = source_coord(o, in, out, align_corners, false);
+  int64_t i0 = std::min<int64_t>(static_cast<int64_t>(s), in - 1);
+  int64_t i1 = std::min<int64_t>(i0 + 1, in - 1);
+  return {i0, i1, s - i0};
+}
+
+// upsample(x) with attrs size (spatial output dims), mode nearest|linear (linear: 1-3 dims,
+// bilinear for 2-d), align_corners; `backward` runs the adjoint (input: gy, x_ref; output dx).
+template <bool backward>
+void upsample_kernel(const KernelContext& c) {
+  const Tensor& src = c.input(0);
+  Tensor& dst = c.output(0);
+  const Tensor& big = backward ? src : dst;   // the upsampled side
+  const Tensor& small = backward ? dst : src;
+  const int sp = small.rank() - 2;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
+  for (int i = 0; i < sp; ++i) {
+    in[3 - sp + i] = small.shape()[2 + i];
+    out[3 - sp + i] = big.shape()[2 + i];
+  }
+  const bool nearest = c.attrs.s("mode") == "nearest", align = c.attrs.i("align_corners", 0) != 0;
+  const int64_t planes = small.shape()[0] * small.shape()[1];
+  const int64_t I = in[0] * in[1] * in[2], P = out[0] * out[1] * out[2];
+  std::vector<Lerp> maps[3];  // per dim and output index: two sources and a weight
+  for (int d = 0; d < 3; ++d)
+    for (int64_t o = 0; o < out[d]; ++o) {
+      if (nearest) {
+        int64_t s = static_cast<int64_t>(source_coord(o, in[d], out[d], false, true));
+        maps[d].push_back({s, s, 0.0});
+      } else {
+        maps[d].push_back(lerp(o, in[d], out[d], align));
+      }
+    }
+  if (backward) std::memset(dst.raw(), 0, dst.nbytes());
+  KILN_DISPATCH_FLOAT(src.dtype(), "upsample", {
+    const scalar_t* s = src.data<scalar_t>();
+    scalar_t* d = dst.data<scalar_t>();
+    cpu::parallel_for(planes, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t pl = p0; pl < p1; ++pl)
+        for (int64_t od = 0; od < out[0]; ++od)
+          for (int64_t oh = 0; oh < out[1]; ++oh)
+            for (int64_t ow = 0; ow < out[2]; ++ow) {
+              const Lerp &ld = maps[0][od], &lh = maps[1][oh], &lw = maps[2][ow];
+              const int64_t o = pl * P + (od * out[1] + oh) * out[2] + ow;
+              double acc = 0, gy = backward ? double(s[o]) : 0.0;
+              for (int a = 0; a < 2; ++a) {
+                double wa = a ? ld.w1 : 1 - ld.w1;
+                if (wa == 0) continue;
+                for (int b = 0; b < 2; ++b) {
+                  double wb = b ? lh.w1 : 1 - lh.w1;
+                  if (wb == 0) continue;
+                  for (int e = 0; e < 2; ++e) {
+                    double we = e ? lw.w1 : 1 - lw.w1;
+                    if (we == 0) continue;
+                    int64_t i = pl * I + ((a ? ld.i1 : ld.i0) * in[1] + (b ? lh.i1 : lh.i0)) * in[2] + (e ? lw.i1 : lw.i0);
+                    if (backward) d[i] += scalar_t(gy * wa * wb * we);
+                    else acc += wa * wb * we * s[i];
+                  }
+                }
+              }
+              if (!backward) d[o] = scalar_t(acc);
+            }
+    });
+  });
+}
+
+std::vector<AttrSpec> pool_attrs() {
+  return {{"kernel", true}, {"stride", true}, {"padding", true}, {"ceil_mode"}, {"count_include_pad"}};
+}
+
+void add_pool(OpRegistry& r, const std::string& name, Mode mode, KernelFn k) {
+  OpDef d;
+  d.name = name;
+  d.attrs = is_adaptive(mode) ? std::vector<AttrSpec>{{"output_size", true}} : pool_attrs();
+  const bool is_max = mode == Mode::max || mode == Mode::adaptive_max;
+  d.infer = [mode, is_max, name](const Specs& in, const Attrs& a) {
+    if (!is_floating(in[0].dtype)) throw Error(name + ": expects a float tensor, got " + in[0].str());
+    Shape out = pool_out_shape(in[0].shape, make_pool(in[0].shape, a, mode, name.c_str()));
+    Specs s{{in[0].dtype, out}};
+    if (is_max) s.push_back({DType::int64, out});
+    return s;
+  };
+  d.cpu = k;
+  d.vjp = [mode, is_max](C c) {
+    if (!c.grads[0].valid()) return std::vector<Value>{Value{}};
+    if (is_max)
+      return std::vector<Value>{c.graph.apply1("max_pool_grad", {c.grads[0], c.outputs[1], c.inputs[0]})};
+    return std::vector<Value>{c.graph.apply1(mode == Mode::avg ? "avg_pool_grad" : "adaptive_avg_pool_grad",
+                                             {c.grads[0], c.inputs[0]}, c.attrs())};
+  };
+  r.add(std::move(d));
+}
+
+}  // namespace
+
+void register_pool_ops(OpRegistry& r) {
+  add_pool(r, "max_pool", Mode::max, pool_kernel<Mode::max>);
+  add_pool(r, "avg_pool", Mode::avg, pool_kernel<Mode::avg>);
+  add_pool(r, "adaptive_max_pool", Mode::adaptive_max, pool_kernel<Mode::adaptive_max>);
+  add_pool(r, "adaptive_avg_pool", Mode::adaptive_avg, pool_kernel<Mode::adaptive_avg>);
+
+  OpDef mg;
+  mg.name = "max_pool_grad";
+  mg.num_inputs = 3;
+  mg.shape_only_from = 2;
+  mg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+  mg.cpu = max_pool_grad_kernel;
+  mg.vjp = [](C c) {  // linear in gy: gather at the same indices
+    Value g = c.grads[0];
+    Value flat = reshape(g, {g.shape()[0] < 0 ? -1 : g.shape()[0], g.shape()[1], -1});
+    Value idx = c.inputs[1];
+    Value picked = gather(flat, reshape(idx, {idx.shape()[0] < 0 ? -1 : idx.shape()[0], idx.shape()[1], -1}), 2);
+    return std::vector<Value>{reshape_like(picked, c.inputs[0]), Value{}, Value{}};
+  };
+  r.add(std::move(mg));
+
+  for (bool adaptive : {false, true}) {
+    OpDef ag;
+    ag.name = adaptive ? "adaptive_avg_pool_grad" : "avg_pool_grad";
+    ag.attrs = adaptive ? std::vector<AttrSpec>{{"output_size", true}} : pool_attrs();
+    ag.num_inputs = 2;
+    ag.shape_only_from = 1;
+    ag.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
+    ag.cpu = adaptive ? avg_pool_grad_kernel<Mode::adaptive_avg> : avg_pool_grad_kernel<Mode::avg>;
+    ag.vjp = [adaptive](C c) {  // linear: the pooling itself
+      return std::vector<Value>{c.graph.apply(adaptive ? "adaptive_avg_pool" : "avg_pool", {c.grads[0]}, c.attrs())[0], Value{}};
+    };
+    r.add(std::move(ag));
+  }
+
+  OpDef up;
+  up.name = "upsample";
+  up.attrs = {{"size", true}, {"mode", true}, {"align_corners"}};
+  up.infer = [](const Specs& in, const Attrs& a) {
+    const Shape& x = in[0].shape;
+    const auto& size = a.ints("size");
+    const std::string& mode = a.s("mode");
+    if (mode != "nearest" && mode != "linear") throw Error("mode must be 'nearest' or 'linear', got '" + mode + "'");
+    if (x.rank() < 3 || x.rank() > 5 || static_cast<int>(size.size()) != x.rank() - 2)
+      throw Error("expects (N, C, ...) input with 1-3 spatial dims and one size per dim, got " + x.str() + " and " +
+                  std::to_string(size.size()) + " sizes");
+    if (!is_floating(in[0].dtype)) throw Error("expects a float tensor, got " + in[0].str());
+    Shape out{x[0], x[1]};
+    for (int64_t s : size) {
+      if (s < 1) throw Error("output sizes must be positive");
+      out.push_back(s);
+    }
+    return Specs{{in[0].dtype, out}};
+  };
+  up.cpu = upsample_kernel<false>;
+  up.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("upsample_grad", {c.grads[0], c.inputs[0]}, c.attrs())}; };
+  r.add(std::move(up));
+
+  OpDef ug;
+  ug.name = "upsample_grad";
+  ug.attrs = {{"size", true}, {"mode", true}, {"align_corners"}};
+  ug.num_inputs = 2;
+  ug.shape_only_from = 1;
+  ug.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
+  ug.cpu = upsample_kernel<true>;
+  ug.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("upsample", {c.grads[0]}, c.attrs()), Value{}}; };
+  r.add(std::move(ug));
+}
+
+}  // namespace kiln
