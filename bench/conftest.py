@@ -27,6 +27,8 @@ def record(benchmark):
 def benchmark_rounds(case: str) -> int:
     if "kNN" in case:
         return 3
+    if "train step" in case or "conv fwd" in case:
+        return 30
     return 20 if "1024" in case or "16M" in case else 200
 
 

@@ -1,11 +1,11 @@
 """The tests the op table drives (DESIGN.md section 9), and op tests outside the table.
 
-The table lives in ``tests/op_table.py`` (its machinery and the core ops) and
-``tests/op_table_nn.py`` (activations, layers, losses). The tests below check, for every entry and
-every case: the forward values, shape and dtype against numpy (float32 and float64), and, for
-differentiable entries, the float64 gradient against centered differences with ``kn.gradcheck``.
-Further tests check that the table covers every registered op, the random ops' statistics, and
-dtype promotion.
+The table lives in ``tests/op_table.py`` (its machinery and the core ops),
+``tests/op_table_nn.py`` (activations, layers, losses) and ``tests/op_table_conv.py`` (convolution,
+pooling, resampling). The tests below check, for every entry and every case: the forward values,
+shape and dtype against numpy (float32 and float64), and, for differentiable entries, the float64
+gradient against centered differences with ``kn.gradcheck``. Further tests check that the table
+covers every registered op, the random ops' statistics, and dtype promotion.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+import op_table_conv  # noqa: F401  (adds the convolution, pooling and resampling entries to OPS)
 import op_table_nn  # noqa: F401  (adds the nn entries to OPS)
 import pytest
 from op_table import OPS, Case, Op, make_input
@@ -26,6 +27,8 @@ import kiln as kn
 # ---------------------------------------------------------------------------------------------
 
 INTERNAL = {
+    # relu's gradient, emitted by its VJP (second derivatives: tests/test_function.py)
+    "relu_grad",
     # sources
     "input",
     "constant",
@@ -45,6 +48,15 @@ INTERNAL = {
     "batch_norm_grad",
     "softmax_cross_entropy_grad",
     "dropout_grad",
+    # the gradient kernels of convolution, pooling and upsampling, emitted by their VJPs: checked
+    # through the ops' gradients in the table, and their own VJPs by second derivatives in
+    # tests/test_conv.py
+    "conv_input_grad",
+    "conv_weight_grad",
+    "max_pool_grad",
+    "avg_pool_grad",
+    "adaptive_avg_pool_grad",
+    "upsample_grad",
 }
 NOT_IN_TABLE = {
     # random: checked by their statistics below

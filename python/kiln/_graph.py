@@ -30,8 +30,14 @@ def builds(fn):
     """Marks a public function that adds nodes: they get the user's file:line for errors."""
 
     def wrapper(*args, **kwargs):
-        _core.set_site(_caller_site())
-        return fn(*args, **kwargs)
+        site = _caller_site()
+        _core.set_site(site)
+        try:
+            return fn(*args, **kwargs)
+        except Error as e:  # errors raised in Python name the user's line too, as C++ ones do
+            if "\n  at " in str(e) or not site:
+                raise
+            raise Error(f"{e}\n  at {site}") from None
 
     wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     wrapper.__wrapped__ = fn

@@ -28,16 +28,16 @@ def _spatial(x: Tensor, dims: int, op: str) -> None:
         raise Error(f"{op} expects a {dims + 2}-d input {shape}, got shape {x.shape}")
 
 
-def _conv_padding(padding, kernel: list[int], stride: list[int], dilation: list[int], n: int):
+def _conv_padding(padding, kernel: list[int], stride: list[int], dilation: list[int], n: int, name: str):
     if padding == "valid":
         return [0] * n, [0] * n
     if padding == "same":
         if any(s != 1 for s in stride):
-            raise Error("padding='same' needs stride 1 (as in PyTorch)")
+            raise Error(f"{name}: padding='same' needs stride 1 (as in PyTorch), got stride {tuple(stride)}")
         total = [d * (k - 1) for d, k in zip(dilation, kernel)]
         return [t // 2 for t in total], [t - t // 2 for t in total]
     if isinstance(padding, str):
-        raise Error(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        raise Error(f"{name}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
     p = _tuple(padding, n, "padding")
     return p, p
 
@@ -47,7 +47,7 @@ def _conv(x, weight, bias, stride, padding, dilation, groups, dims, name):
     if weight.ndim != dims + 2:
         raise Error(f"{name}: weight must be {dims + 2}-d (out, in / groups, *kernel), got {weight.shape}")
     stride, dilation = _tuple(stride, dims, "stride"), _tuple(dilation, dims, "dilation")
-    begin, end = _conv_padding(padding, list(weight.shape[2:]), stride, dilation, dims)
+    begin, end = _conv_padding(padding, list(weight.shape[2:]), stride, dilation, dims, name)
     inputs = [x, weight] + ([bias] if bias is not None else [])
     attrs = dict(stride=stride, pad_begin=begin, pad_end=end, dilation=dilation, groups=int(groups))
     return _apply("conv", inputs, **attrs)[0]
@@ -274,9 +274,13 @@ def interpolate(x: Tensor, size: IntOr | None = None, scale_factor: float | Sequ
         if any(d is None for d in x.shape[2:]):
             raise Error(f"interpolate: scale_factor needs known spatial dims, got {x.shape}")
         size = [int(d * f) for d, f in zip(x.shape[2:], factors)]
+        # as torch: the source coordinate steps by 1 / scale_factor, not by in / out
+        scales = {f"scale{i}": float(f) for i, f in enumerate(factors)}
+    else:
+        scales = {}
     size = _tuple(size, dims, "size")
     return _apply("upsample", [x], size=size, mode="nearest" if mode == "nearest" else "linear",
-                  align_corners=int(bool(align_corners)))[0]  # fmt: skip
+                  align_corners=int(bool(align_corners)), **scales)[0]  # fmt: skip
 
 
 upsample = interpolate

@@ -33,7 +33,10 @@ struct Geom {
   int64_t kg() const { return k / groups; }
   int64_t ckk() const { return cg() * kk(); }
   // Samples per chunk, so that the column buffer and a (kg, chunk) GEMM buffer fit the budget.
-  int64_t chunk() const { return std::max<int64_t>(1, std::min<int64_t>(n, kWorkspaceElems / std::max<int64_t>(1, (ckk() + kg()) * P()))); }
+  // Samples per chunk: as many as the workspace budget allows (bigger GEMMs run faster).
+  int64_t chunk() const {
+    return std::max<int64_t>(1, std::min<int64_t>(n, kWorkspaceElems / std::max<int64_t>(1, (ckk() + kg()) * P())));
+  }
   size_t workspace(size_t elem) const { return static_cast<size_t>((ckk() + kg()) * P() * chunk()) * elem; }
 };
 
@@ -97,36 +100,42 @@ Shape out_shape_of(const Geom& g, int64_t n, int64_t channels) {
   return s;
 }
 
-// col[r, j] for r = (c, a, b, e) of group `grp` and j = (sample, od, oh, ow) of a chunk.
+// The output indices o in [lo, hi) for which o * stride + off lands inside [0, size).
+inline void valid_range(int64_t off, int64_t stride, int64_t size, int64_t n_out, int64_t* lo, int64_t* hi) {
+  int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int64_t h = size - off > 0 ? (size - off + stride - 1) / stride : 0;
+  *lo = std::min(l, n_out);
+  *hi = std::max(*lo, std::min(h, n_out));
+}
+
+// col[r, j] for r = (c, a, b, e) of group `grp` and j = (sample, od, oh, ow) of a chunk. The
+// valid output ranges depend only on the kernel offset, so each row computes them once.
 template <class T>
 void im2col(const T* x, const Geom& g, int64_t grp, int64_t nb, T* col) {
-  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2];
+  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2], OH = g.out[1];
   cpu::parallel_for(g.ckk(), 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t c = grp * g.cg() + r / kk, rem = r % kk;
       const int64_t a = rem / (g.ker[1] * g.ker[2]), b = (rem / g.ker[2]) % g.ker[1], e = rem % g.ker[2];
+      const int64_t offd = a * g.dil[0] - g.pad[0], offh = b * g.dil[1] - g.pad[1], offw = e * g.dil[2] - g.pad[2];
+      int64_t d_lo, d_hi, h_lo, h_hi, w_lo, w_hi;
+      valid_range(offd, g.stride[0], g.in[0], g.out[0], &d_lo, &d_hi);
+      valid_range(offh, g.stride[1], g.in[1], OH, &h_lo, &h_hi);
+      valid_range(offw, g.stride[2], W, OW, &w_lo, &w_hi);
+      const int64_t sw = g.stride[2], span = w_hi - w_lo;
       T* row = col + r * nb * P;
+      std::memset(row, 0, static_cast<size_t>(nb * P) * sizeof(T));  // the padding; the rest is overwritten
       for (int64_t n = 0; n < nb; ++n) {
         const T* plane = x + (n * g.c + c) * I;
-        for (int64_t od = 0; od < g.out[0]; ++od) {
-          const int64_t id = od * g.stride[0] - g.pad[0] + a * g.dil[0];
-          for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-            T* dst = row + ((n * g.out[0] + od) * g.out[1] + oh) * OW;
-            const int64_t ih = oh * g.stride[1] - g.pad[1] + b * g.dil[1];
-            if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) {
-              std::memset(dst, 0, OW * sizeof(T));
-              continue;
-            }
-            const T* src = plane + (id * g.in[1] + ih) * W;
-            const int64_t off = e * g.dil[2] - g.pad[2], s = g.stride[2];
-            // ow is valid while 0 <= ow * s + off < W
-            int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s, hi = W - off > 0 ? (W - off + s - 1) / s : 0;
-            lo = std::min(lo, OW);
-            hi = std::max(lo, std::min(hi, OW));
-            for (int64_t ow = 0; ow < lo; ++ow) dst[ow] = T(0);
-            if (s == 1) std::memcpy(dst + lo, src + lo + off, (hi - lo) * sizeof(T));
-            else for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * s + off];
-            for (int64_t ow = hi; ow < OW; ++ow) dst[ow] = T(0);
+        for (int64_t od = d_lo; od < d_hi; ++od) {
+          const int64_t id = od * g.stride[0] + offd;
+          for (int64_t oh = h_lo; oh < h_hi; ++oh) {
+            const T* src = plane + (id * g.in[1] + oh * g.stride[1] + offh) * W + offw;
+            T* dst = row + ((n * g.out[0] + od) * OH + oh) * OW;
+            if (sw == 1)
+              for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow] = src[ow];
+            else
+              for (int64_t ow = w_lo; ow < w_lo + span; ++ow) dst[ow] = src[ow * sw];
           }
         }
       }
@@ -137,28 +146,30 @@ void im2col(const T* x, const Geom& g, int64_t grp, int64_t nb, T* col) {
 // The adjoint of im2col: x[...] += col[r, j]. Threads own whole channels, so no two write alike.
 template <class T>
 void col2im(const T* col, const Geom& g, int64_t grp, int64_t nb, T* x) {
-  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2];
+  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2], OH = g.out[1];
   cpu::parallel_for(g.cg(), 1, [&](int64_t c0, int64_t c1) {
     for (int64_t cl = c0; cl < c1; ++cl)
       for (int64_t rem = 0; rem < kk; ++rem) {
         const int64_t r = cl * kk + rem, c = grp * g.cg() + cl;
         const int64_t a = rem / (g.ker[1] * g.ker[2]), b = (rem / g.ker[2]) % g.ker[1], e = rem % g.ker[2];
+        const int64_t offd = a * g.dil[0] - g.pad[0], offh = b * g.dil[1] - g.pad[1], offw = e * g.dil[2] - g.pad[2];
+        int64_t d_lo, d_hi, h_lo, h_hi, w_lo, w_hi;
+        valid_range(offd, g.stride[0], g.in[0], g.out[0], &d_lo, &d_hi);
+        valid_range(offh, g.stride[1], g.in[1], OH, &h_lo, &h_hi);
+        valid_range(offw, g.stride[2], W, OW, &w_lo, &w_hi);
+        const int64_t sw = g.stride[2];
         const T* row = col + r * nb * P;
         for (int64_t n = 0; n < nb; ++n) {
           T* plane = x + (n * g.c + c) * I;
-          for (int64_t od = 0; od < g.out[0]; ++od) {
-            const int64_t id = od * g.stride[0] - g.pad[0] + a * g.dil[0];
-            if (id < 0 || id >= g.in[0]) continue;
-            for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-              const int64_t ih = oh * g.stride[1] - g.pad[1] + b * g.dil[1];
-              if (ih < 0 || ih >= g.in[1]) continue;
-              const T* src = row + ((n * g.out[0] + od) * g.out[1] + oh) * OW;
-              T* dst = plane + (id * g.in[1] + ih) * W;
-              const int64_t off = e * g.dil[2] - g.pad[2], s = g.stride[2];
-              int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s, hi = W - off > 0 ? (W - off + s - 1) / s : 0;
-              lo = std::min(lo, OW);
-              hi = std::max(lo, std::min(hi, OW));
-              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s + off] += src[ow];
+          for (int64_t od = d_lo; od < d_hi; ++od) {
+            const int64_t id = od * g.stride[0] + offd;
+            for (int64_t oh = h_lo; oh < h_hi; ++oh) {
+              const T* src = row + ((n * g.out[0] + od) * OH + oh) * OW;
+              T* dst = plane + (id * g.in[1] + oh * g.stride[1] + offh) * W + offw;
+              if (sw == 1)
+                for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow] += src[ow];
+              else
+                for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow * sw] += src[ow];
             }
           }
         }
@@ -332,8 +343,11 @@ Shape transpose_out_shape(const Shape& x, const Shape& w, const Attrs& a) {
              &op = ints_of(a, "output_padding", sp, "conv_transpose");
   Shape out{x[0], w[1] * groups};
   for (int i = 0; i < sp; ++i) {
-    if (op[i] < 0 || (op[i] >= st[i] && op[i] >= dl[i]))
-      throw Error("conv_transpose: output_padding must be smaller than stride or dilation, got " + std::to_string(op[i]));
+    // torch also accepts output_padding < dilation; kiln asks for < stride, where the adjoint
+    // (a plain convolution) lands exactly on the input's size
+    if (op[i] < 0 || op[i] >= st[i])
+      throw Error("conv_transpose: output_padding must be smaller than the stride " + std::to_string(st[i]) + ", got " +
+                  std::to_string(op[i]));
     int64_t in = x[2 + i];
     int64_t o = in < 0 ? kUnknownDim : (in - 1) * st[i] - pb[i] - pe[i] + dl[i] * (w[2 + i] - 1) + op[i] + 1;
     if (in >= 0 && o <= 0) throw Error("conv_transpose: the output of " + x.str() + " with weight " + w.str() + " would be empty");

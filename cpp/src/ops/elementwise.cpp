@@ -60,6 +60,7 @@ struct Maximum {
 struct Minimum {
   template <class T> T operator()(T a, T b) const { return (a != a || a < b) ? a : b; }
 };
+struct ReluGrad { template <class T> T operator()(T g, T x) const { return x > T(0) ? g : T(0); } };
 struct Eq { template <class T> bool operator()(T a, T b) const { return a == b; } };
 struct Ne { template <class T> bool operator()(T a, T b) const { return a != b; } };
 struct Lt { template <class T> bool operator()(T a, T b) const { return a < b; } };
@@ -227,10 +228,8 @@ void register_elementwise_ops(OpRegistry& r) {
     Value y = y0(c);
     return std::vector<Value>{mul(g0(c), sub(constant_like(1.0, y), mul(y, y)))};
   });
-  add_unary(r, "relu", unary_kernel<Relu, Types::numeric>, [=](C c) {
-    Value x = x0(c);
-    return std::vector<Value>{where(binary("gt", x, constant_like(0.0, x)), g0(c), zeros_like(g0(c)))};
-  });
+  add_unary(r, "relu", unary_kernel<Relu, Types::numeric>,
+            [=](C c) { return std::vector<Value>{c.graph.apply1("relu_grad", {g0(c), x0(c)})}; });
   add_unary(r, "floor", unary_kernel<Floor, Types::floats>, [](C) { return std::vector<Value>{Value{}}; });
   add_unary(r, "cos", unary_kernel<Cos, Types::floats>,
             [=](C c) { return std::vector<Value>{neg(mul(g0(c), unary("sin", x0(c))))}; });
@@ -272,6 +271,18 @@ void register_elementwise_ops(OpRegistry& r) {
   add_binary(r, "logical_and", binary_kernel<And, Types::boolean, false>, nullptr, false);
   add_binary(r, "logical_or", binary_kernel<Or, Types::boolean, false>, nullptr, false);
   add_binary(r, "logical_xor", binary_kernel<Xor, Types::boolean, false>, nullptr, false);
+
+  OpDef rg;  // relu's gradient in one pass: g where x > 0, else 0
+  rg.name = "relu_grad";
+  rg.num_inputs = 2;
+  rg.infer = [](const std::vector<TensorSpec>& in, const Attrs&) {
+    if (!(in[0] == in[1])) throw Error("gradient and input differ: " + specs_str(in));
+    return std::vector<TensorSpec>{in[0]};
+  };
+  rg.cpu = binary_kernel<ReluGrad, Types::numeric, false>;
+  rg.elementwise = true;
+  rg.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("relu_grad", {c.grads[0], c.inputs[1]}), Value{}}; };
+  r.add(std::move(rg));
 
   OpDef w;
   w.name = "where";

@@ -98,19 +98,24 @@ Shape pool_out_shape(const Shape& x, const PoolGeom& g) {
   return s;
 }
 
-// Calls fn(plane, out_index, windows[3]) for every output element, parallel over planes.
+// Calls fn(plane, out_index, windows[3]) for every output element, parallel over planes; the
+// windows of each dim are computed once.
 template <class F>
 void for_each_window(const PoolGeom& g, Mode mode, F fn) {
+  std::vector<Window> win[3];
+  for (int d = 0; d < 3; ++d)
+    for (int64_t o = 0; o < g.out[d]; ++o) win[d].push_back(window(g, mode, d, o));
   cpu::parallel_for(g.planes, 1, [&](int64_t p0, int64_t p1) {
+    Window w3[3];
     for (int64_t pl = p0; pl < p1; ++pl)
       for (int64_t od = 0; od < g.out[0]; ++od) {
-        Window wd = window(g, mode, 0, od);
+        w3[0] = win[0][od];
         for (int64_t oh = 0; oh < g.out[1]; ++oh) {
-          Window wh = window(g, mode, 1, oh);
+          w3[1] = win[1][oh];
+          const int64_t base = (od * g.out[1] + oh) * g.out[2];
           for (int64_t ow = 0; ow < g.out[2]; ++ow) {
-            Window ww = window(g, mode, 2, ow);
-            Window w3[3] = {wd, wh, ww};
-            fn(pl, (od * g.out[1] + oh) * g.out[2] + ow, w3);
+            w3[2] = win[2][ow];
+            fn(pl, base + ow, w3);
           }
         }
       }
@@ -130,20 +135,33 @@ void pool_kernel(const KernelContext& c) {
     for_each_window(g, mode, [&](int64_t pl, int64_t o, const Window* w) {
       const scalar_t* plane = in + pl * I;
       if (is_max) {
+        // Two passes: the max (branch-free), then the first index holding it; a NaN wins.
+        const int64_t in1 = g.in[1], in2 = g.in[2], d0 = w[0].lo, d1 = w[0].hi, h0 = w[1].lo, h1 = w[1].hi,
+                      v0 = w[2].lo, v1 = w[2].hi;
         scalar_t best = -std::numeric_limits<scalar_t>::infinity();
-        int64_t arg = -1;
-        for (int64_t d = w[0].lo; d < w[0].hi; ++d)
-          for (int64_t h = w[1].lo; h < w[1].hi; ++h)
-            for (int64_t v = w[2].lo; v < w[2].hi; ++v) {
-              int64_t i = (d * g.in[1] + h) * g.in[2] + v;
-              scalar_t val = plane[i];
-              if (arg < 0 || val > best || val != val) {  // NaN propagates, as torch
-                best = val;
-                arg = i;
-                if (val != val) goto done;
+        bool nan = false;
+        for (int64_t d = d0; d < d1; ++d)
+          for (int64_t h = h0; h < h1; ++h) {
+            const scalar_t* row = plane + (d * in1 + h) * in2;
+            for (int64_t v = v0; v < v1; ++v) {
+              best = std::max(best, row[v]);
+              nan |= row[v] != row[v];
+            }
+          }
+        int64_t arg = (d0 * in1 + h0) * in2 + v0;
+        for (int64_t d = d0; d < d1; ++d)
+          for (int64_t h = h0; h < h1; ++h) {
+            const int64_t row = (d * in1 + h) * in2;
+            for (int64_t v = v0; v < v1; ++v) {
+              const scalar_t val = plane[row + v];
+              if (nan ? val != val : val == best) {
+                arg = row + v;
+                goto found;
               }
             }
-      done:
+          }
+      found:
+        if (nan) best = plane[arg];
         out[pl * P + o] = best;
         idx[pl * P + o] = arg;
       } else {
@@ -204,11 +222,13 @@ void avg_pool_grad_kernel(const KernelContext& c) {
 
 // ---- upsampling ----
 
-// The source coordinate of output index o along a dim, as torch (size given, no scale factor).
-double source_coord(int64_t o, int64_t in, int64_t out, bool align_corners, bool nearest) {
-  if (nearest) return std::min<double>(std::floor(o * (static_cast<double>(in) / out)), in - 1);
+// The source coordinate of output index o along a dim, as torch: the step is in / out, or
+// 1 / scale_factor when the user gave one (scale > 0).
+double source_coord(int64_t o, int64_t in, int64_t out, bool align_corners, bool nearest, double scale) {
+  const double step = scale > 0 ? 1.0 / scale : static_cast<double>(in) / out;
+  if (nearest) return std::min<double>(std::floor(o * step), in - 1);
   if (align_corners) return out > 1 ? o * (static_cast<double>(in - 1) / (out - 1)) : 0.0;
-  double s = (o + 0.5) * (static_cast<double>(in) / out) - 0.5;
+  double s = (o + 0.5) * step - 0.5;
   return s < 0 ? 0.0 : s;
 }
 
@@ -216,8 +236,8 @@ struct Lerp {
   int64_t i0, i1;
   double w1;  // weight of i1
 };
-Lerp lerp(int64_t o, int64_t in, int64_t out, bool align_corners) {
-  double s = source_coord(o, in, out, align_corners, false);
+Lerp lerp(int64_t o, int64_t in, int64_t out, bool align_corners, double scale) {
+  double s = source_coord(o, in, out, align_corners, false, scale);
   int64_t i0 = std::min<int64_t>(static_cast<int64_t>(s), in - 1);
   int64_t i1 = std::min<int64_t>(i0 + 1, in - 1);
   return {i0, i1, s - i0};
@@ -241,15 +261,18 @@ void upsample_kernel(const KernelContext& c) {
   const int64_t planes = small.shape()[0] * small.shape()[1];
   const int64_t I = in[0] * in[1] * in[2], P = out[0] * out[1] * out[2];
   std::vector<Lerp> maps[3];  // per dim and output index: two sources and a weight
-  for (int d = 0; d < 3; ++d)
+  for (int d = 0; d < 3; ++d) {
+    const int user_dim = d - (3 - sp);
+    const double scale = user_dim >= 0 ? c.attrs.f("scale" + std::to_string(user_dim), 0.0) : 0.0;
     for (int64_t o = 0; o < out[d]; ++o) {
       if (nearest) {
-        int64_t s = static_cast<int64_t>(source_coord(o, in[d], out[d], false, true));
+        int64_t s = static_cast<int64_t>(source_coord(o, in[d], out[d], false, true, scale));
         maps[d].push_back({s, s, 0.0});
       } else {
-        maps[d].push_back(lerp(o, in[d], out[d], align));
+        maps[d].push_back(lerp(o, in[d], out[d], align, scale));
       }
     }
+  }
   if (backward) std::memset(dst.raw(), 0, dst.nbytes());
   KILN_DISPATCH_FLOAT(src.dtype(), "upsample", {
     const scalar_t* s = src.data<scalar_t>();
@@ -349,7 +372,7 @@ void register_pool_ops(OpRegistry& r) {
 
   OpDef up;
   up.name = "upsample";
-  up.attrs = {{"size", true}, {"mode", true}, {"align_corners"}};
+  up.attrs = {{"size", true}, {"mode", true}, {"align_corners"}, {"scale0"}, {"scale1"}, {"scale2"}};
   up.infer = [](const Specs& in, const Attrs& a) {
     const Shape& x = in[0].shape;
     const auto& size = a.ints("size");
@@ -372,7 +395,7 @@ void register_pool_ops(OpRegistry& r) {
 
   OpDef ug;
   ug.name = "upsample_grad";
-  ug.attrs = {{"size", true}, {"mode", true}, {"align_corners"}};
+  ug.attrs = {{"size", true}, {"mode", true}, {"align_corners"}, {"scale0"}, {"scale1"}, {"scale2"}};
   ug.num_inputs = 2;
   ug.shape_only_from = 1;
   ug.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };

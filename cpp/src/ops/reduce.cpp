@@ -37,6 +37,21 @@ struct MinOp {
   template <class A> static A apply(A acc, A v) { return (v < acc || v != v) ? v : acc; }
 };
 
+// Op over n contiguous values, in 8 independent lanes so that the loop vectorizes (a single
+// accumulator is a dependency chain the compiler may not reorder).
+template <class Op, class T>
+T lane_reduce(const T* x, int64_t n) {
+  T lane[8];
+  for (int j = 0; j < 8; ++j) lane[j] = Op::template init<T>();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = Op::apply(lane[j], x[i + j]);
+  T acc = Op::template init<T>();
+  for (int j = 0; j < 8; ++j) acc = Op::apply(acc, lane[j]);
+  for (; i < n; ++i) acc = Op::apply(acc, x[i]);
+  return acc;
+}
+
 // The input's dims with size-1 dims dropped and neighbours of the same kind merged.
 struct Groups {
   int n = 0;
@@ -103,6 +118,22 @@ void reduce_into(const Tensor& x, const std::vector<bool>& mask, Tensor& out, do
         }
       });
     }
+    return;
+  }
+
+  // (reduced, kept, reduced): a bias gradient, the sum of (N, C, H*W) over N and H*W.
+  if (g.n == 3 && g.reduced[0] && !g.reduced[1] && g.reduced[2]) {
+    const int64_t outer_r = g.size[0], kept = g.size[1], inner_r = g.size[2];
+    cpu::parallel_for(kept, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        A acc = Op::template init<A>();
+        for (int64_t b = 0; b < outer_r; ++b) {
+          const T* row = in + (b * kept + k) * inner_r;
+          acc = Op::apply(acc, static_cast<A>(lane_reduce<Op>(row, inner_r)));
+        }
+        o[k] = static_cast<T>(acc * sc);
+      }
+    });
     return;
   }
 
