@@ -1,6 +1,8 @@
 #include "kiln/tensor.h"
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #ifdef __linux__
@@ -12,8 +14,59 @@
 namespace kiln {
 
 namespace {
+
 std::atomic<uint64_t> g_allocations{0};
+
+// Large blocks freed recently, kept for reuse: a function's outputs are fresh every call, and
+// handing back the previous call's block skips the page faults (and the kernel zeroing every
+// page) of new memory. Bounded, so idle memory stays small.
+class BlockCache {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;
+  static constexpr size_t kMaxCached = size_t(256) << 20;
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = blocks_.lower_bound(bytes);
+    if (it == blocks_.end() || it->first > bytes + bytes / 4) return nullptr;  // at most 25% waste
+    void* p = it->second;
+    cached_ -= it->first;
+    capacity_.emplace(p, it->first);
+    blocks_.erase(it);
+    return p;
+  }
+
+  // Returns false when the block is not kept (the caller frees it).
+  bool give(void* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = capacity_.find(p);
+    if (it == capacity_.end()) return false;
+    size_t bytes = it->second;
+    capacity_.erase(it);
+    if (cached_ + bytes > kMaxCached) return false;
+    blocks_.emplace(bytes, p);
+    cached_ += bytes;
+    return true;
+  }
+
+  void track(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capacity_.emplace(p, bytes);
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> blocks_;   // free blocks by capacity
+  std::map<void*, size_t> capacity_;      // live large blocks and their capacity
+  size_t cached_ = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: storages may outlive statics
+  return *cache;
 }
+
+}  // namespace
 
 uint64_t Storage::allocations() { return g_allocations.load(std::memory_order_relaxed); }
 
@@ -25,16 +78,19 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
   const size_t align = nbytes >= 2 * kHuge ? kHuge : kAlignment;
   size_t rounded = (nbytes + align - 1) / align * align;
   if (rounded == 0) rounded = align;
+  if (rounded >= BlockCache::kMinBytes && (data_ = block_cache().take(rounded))) return;
   data_ = std::aligned_alloc(align, rounded);
   if (!data_) throw Error("out of memory allocating " + std::to_string(nbytes) + " bytes");
 #ifdef MADV_HUGEPAGE
   if (align == kHuge) madvise(data_, rounded, MADV_HUGEPAGE);
 #endif
+  if (rounded >= BlockCache::kMinBytes) block_cache().track(data_, rounded);
 }
+
 Storage::Storage(void* data, size_t nbytes, std::shared_ptr<void> owner)
     : data_(data), nbytes_(nbytes), owner_(std::move(owner)), owned_(false) {}
 Storage::~Storage() {
-  if (owned_) std::free(data_);
+  if (owned_ && !(nbytes_ >= BlockCache::kMinBytes / 2 && block_cache().give(data_))) std::free(data_);
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
