@@ -22,7 +22,7 @@ def main() -> float:
     )  # fmt: skip
     logits = model(x)
     loss = kn.softmax_cross_entropy(logits, y)
-    epochs, batch = args.epochs or 4, 100
+    epochs, batch = args.epochs or 8, 100
     opt = kn.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     kn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(xtr) // batch))
     step = kn.function([x, y], [loss, logits], updates=opt.updates(loss))

@@ -58,3 +58,15 @@ def test_fc_cifar10_short():
 def test_mlp_mnist_short():
     acc = run("mlp_mnist.py", "--train", "10000", "--test", "2000", "--epochs", "2")
     assert acc["mlp_mnist"] > 90  # full: 98.5%
+
+
+@needs_cifar
+def test_convnet_cifar10_short():
+    acc = run("convnet_cifar10.py", "--train", "5000", "--test", "1000", "--epochs", "1")
+    assert acc["convnet_cifar10"] > 30  # 100 steps; full run: 67.9%
+
+
+@needs_mnist
+def test_convnet_mnist_short():
+    acc = run("convnet_mnist.py", "--train", "5000", "--test", "1000", "--epochs", "1")
+    assert acc["convnet_mnist"] > 80  # 50 steps; full run: 99.3%

@@ -405,16 +405,23 @@ void register_conv_ops(OpRegistry& r) {
   };
   r.add(std::move(cv));
 
-  OpDef ig;
-  ig.name = "conv_input_grad";
-  ig.attrs = conv_attrs();
-  ig.num_inputs = 3;
-  ig.shape_only_from = 2;
-  ig.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
-  ig.cpu = conv_input_grad_kernel;
-  ig.workspace = [](const Specs& in, const Specs& out, const Attrs& a) {
-    return make_geom(out[0].shape, in[1].shape, a, "conv_input_grad", &in[0].shape).workspace(dtype_size(in[0].dtype));
+  // The two gradients: (gy, other operand, reference of the result's shape) -> result.
+  auto grad_op = [](const char* name, KernelFn kernel, bool input_side) {
+    OpDef d;
+    d.name = name;
+    d.attrs = conv_attrs();
+    d.num_inputs = 3;
+    d.shape_only_from = 2;
+    d.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+    d.cpu = kernel;
+    d.workspace = [name, input_side](const Specs& in, const Specs& out, const Attrs& a) {
+      const Shape& x = input_side ? out[0].shape : in[1].shape;   // the conv's input
+      const Shape& w = input_side ? in[1].shape : out[0].shape;   // its weight
+      return make_geom(x, w, a, name, &in[0].shape).workspace(dtype_size(in[0].dtype));
+    };
+    return d;
   };
+  OpDef ig = grad_op("conv_input_grad", conv_input_grad_kernel, true);
   ig.vjp = [](C c) {  // linear in gy and in w
     Value gg = c.grads[0], gy = c.inputs[0], w = c.inputs[1];
     std::vector<Value> out(3);
@@ -424,16 +431,7 @@ void register_conv_ops(OpRegistry& r) {
   };
   r.add(std::move(ig));
 
-  OpDef wg;
-  wg.name = "conv_weight_grad";
-  wg.attrs = conv_attrs();
-  wg.num_inputs = 3;
-  wg.shape_only_from = 2;
-  wg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
-  wg.cpu = conv_weight_grad_kernel;
-  wg.workspace = [](const Specs& in, const Specs& out, const Attrs& a) {
-    return make_geom(in[1].shape, out[0].shape, a, "conv_weight_grad", &in[0].shape).workspace(dtype_size(in[0].dtype));
-  };
+  OpDef wg = grad_op("conv_weight_grad", conv_weight_grad_kernel, false);
   wg.vjp = [](C c) {  // linear in gy and in x
     Value gw = c.grads[0], gy = c.inputs[0], x = c.inputs[1];
     std::vector<Value> out(3);
