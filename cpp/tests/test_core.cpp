@@ -139,3 +139,40 @@ TEST(Autodiff, SecondDerivativeOfCube) {
   Tensor out = f.run({in})[0];
   for (int i = 0; i < 3; ++i) EXPECT_DOUBLE_EQ(out.data<double>()[i], 6 * v[i]);
 }
+
+TEST(Conv, MatchesDirectLoopsWithStridePaddingAndGroups) {
+  Graph g;
+  const int64_t N = 2, C = 4, H = 7, W = 6, K = 6, G = 2, KH = 3, KW = 2;
+  Value x = g.input("x", Shape{N, C, H, W}, DType::float64);
+  Value w = g.input("w", Shape{K, C / G, KH, KW}, DType::float64);
+  Attrs a{{"stride", std::vector<int64_t>{2, 1}},
+          {"pad_begin", std::vector<int64_t>{1, 1}},
+          {"pad_end", std::vector<int64_t>{1, 0}},
+          {"dilation", std::vector<int64_t>{1, 2}},
+          {"groups", int64_t(G)}};
+  Value y = g.apply1("conv", {x, w}, a);
+  Function f({x, w}, {{"y", y}});
+  Tensor xt = Tensor::empty(Shape{N, C, H, W}, DType::float64), wt = Tensor::empty(Shape{K, C / G, KH, KW}, DType::float64);
+  for (int64_t i = 0; i < xt.numel(); ++i) xt.data<double>()[i] = std::sin(0.37 * i);
+  for (int64_t i = 0; i < wt.numel(); ++i) wt.data<double>()[i] = std::cos(0.11 * i);
+  Tensor out = f.run({xt, wt})[0];
+  const int64_t OH = out.shape()[2], OW = out.shape()[3];
+  EXPECT_EQ(OH, (H + 2 - (KH - 1) - 1) / 2 + 1);
+  EXPECT_EQ(OW, (W + 1 - 2 * (KW - 1) - 1) / 1 + 1);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          double ref = 0;
+          const int64_t grp = k / (K / G);
+          for (int64_t c = 0; c < C / G; ++c)
+            for (int64_t a0 = 0; a0 < KH; ++a0)
+              for (int64_t b0 = 0; b0 < KW; ++b0) {
+                int64_t ih = oh * 2 - 1 + a0, iw = ow - 1 + 2 * b0;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                ref += xt.data<double>()[((n * C + grp * (C / G) + c) * H + ih) * W + iw] *
+                       wt.data<double>()[((k * (C / G) + c) * KH + a0) * KW + b0];
+              }
+          EXPECT_NEAR(out.data<double>()[((n * K + k) * OH + oh) * OW + ow], ref, 1e-12);
+        }
+}
