@@ -152,7 +152,8 @@ TEST(Conv, MatchesDirectLoopsWithStridePaddingAndGroups) {
           {"groups", int64_t(G)}};
   Value y = g.apply1("conv", {x, w}, a);
   Function f({x, w}, {{"y", y}});
-  Tensor xt = Tensor::empty(Shape{N, C, H, W}, DType::float64), wt = Tensor::empty(Shape{K, C / G, KH, KW}, DType::float64);
+  Tensor xt = Tensor::empty(Shape{N, C, H, W}, DType::float64),
+         wt = Tensor::empty(Shape{K, C / G, KH, KW}, DType::float64);
   for (int64_t i = 0; i < xt.numel(); ++i) xt.data<double>()[i] = std::sin(0.37 * i);
   for (int64_t i = 0; i < wt.numel(); ++i) wt.data<double>()[i] = std::cos(0.11 * i);
   Tensor out = f.run({xt, wt})[0];

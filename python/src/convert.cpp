@@ -1,8 +1,8 @@
 #include "convert.h"
 
-#include <memory>
-
 #include <nanobind/stl/string.h>
+
+#include <memory>
 
 #include "kiln/error.h"
 
@@ -24,13 +24,20 @@ DType from_dlpack(nb::dlpack::dtype t) {
 
 nb::dlpack::dtype to_dlpack(DType t) {
   switch (t) {
-    case DType::float32: return nb::dtype<float>();
-    case DType::float64: return nb::dtype<double>();
-    case DType::int32: return nb::dtype<int32_t>();
-    case DType::int64: return nb::dtype<int64_t>();
-    case DType::uint8: return nb::dtype<uint8_t>();
-    case DType::bool_: return nb::dtype<bool>();
-    default: throw Error(std::string("no numpy dtype for ") + dtype_name(t));
+    case DType::float32:
+      return nb::dtype<float>();
+    case DType::float64:
+      return nb::dtype<double>();
+    case DType::int32:
+      return nb::dtype<int32_t>();
+    case DType::int64:
+      return nb::dtype<int64_t>();
+    case DType::uint8:
+      return nb::dtype<uint8_t>();
+    case DType::bool_:
+      return nb::dtype<bool>();
+    default:
+      throw Error(std::string("no numpy dtype for ") + dtype_name(t));
   }
 }
 

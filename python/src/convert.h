@@ -11,8 +11,8 @@ namespace kiln::py {
 namespace nb = nanobind;
 using Array = nb::ndarray<nb::numpy, nb::device::cpu>;
 
-Tensor to_tensor(nb::handle array);          // any C-contiguous numpy array of a kiln dtype
+Tensor to_tensor(nb::handle array);  // any C-contiguous numpy array of a kiln dtype
 nb::object to_numpy(const Tensor& t);
-DType dtype_arg(nb::handle dtype);           // "float32", np.float32, np.dtype('float32')
+DType dtype_arg(nb::handle dtype);  // "float32", np.float32, np.dtype('float32')
 
 }  // namespace kiln::py

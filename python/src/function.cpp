@@ -1,11 +1,12 @@
 // Function: a compiled program called with numpy arrays.
+#include "kiln/function.h"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "convert.h"
-#include "kiln/function.h"
 
 namespace nb = nanobind;
 using namespace kiln;
@@ -15,7 +16,8 @@ void bind_function(nb::module_& m) {
       .def(nb::init<const std::vector<Value>&, const std::vector<std::pair<std::string, Value>>&,
                     const std::vector<std::pair<Value, Value>>&, bool>(),
            nb::arg("inputs"), nb::arg("outputs"), nb::arg("updates"), nb::arg("training"))
-      .def("run", [](Function& f, const nb::list& arrays) {
+      .def("run",
+           [](Function& f, const nb::list& arrays) {
              std::vector<Tensor> in;
              in.reserve(arrays.size());
              for (nb::handle a : arrays) in.push_back(py::to_tensor(a));
@@ -30,18 +32,24 @@ void bind_function(nb::module_& m) {
            })
       .def_prop_ro("input_names", &Function::input_names)
       .def_prop_ro("output_names", &Function::output_names)
-      .def_prop_ro("input_specs", [](const Function& f) {
-             nb::list l;
-             for (const TensorSpec& s : f.input_specs()) {
-               nb::list dims;
-               for (int64_t d : s.shape) if (d < 0) dims.append(nb::none()); else dims.append(nb::int_(d));
-               l.append(nb::make_tuple(std::string(dtype_name(s.dtype)), nb::tuple(dims)));
-             }
-             return l;
-           })
+      .def_prop_ro("input_specs",
+                   [](const Function& f) {
+                     nb::list l;
+                     for (const TensorSpec& s : f.input_specs()) {
+                       nb::list dims;
+                       for (int64_t d : s.shape)
+                         if (d < 0)
+                           dims.append(nb::none());
+                         else
+                           dims.append(nb::int_(d));
+                       l.append(nb::make_tuple(std::string(dtype_name(s.dtype)), nb::tuple(dims)));
+                     }
+                     return l;
+                   })
       .def_prop_ro("num_nodes", &Function::num_nodes)
       .def_prop_ro("num_plans", &Function::num_plans)
-      .def("plan_stats", [](const Function& f) {
+      .def("plan_stats",
+           [](const Function& f) {
              PlanStats s = f.plan_stats();
              nb::dict d;
              d["steps"] = s.steps;
@@ -52,7 +60,8 @@ void bind_function(nb::module_& m) {
              return d;
            })
       .def("set_profiling", &Function::set_profiling, nb::arg("on"))
-      .def("profile", [](const Function& f) {
+      .def("profile",
+           [](const Function& f) {
              nb::list rows;
              for (const auto& e : f.profile()) rows.append(nb::make_tuple(e.node, e.op, e.calls, e.seconds));
              return rows;

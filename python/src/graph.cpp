@@ -1,4 +1,6 @@
 // Graph, Value (a symbolic tensor), autodiff and the op registry.
+#include "kiln/graph.h"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -6,7 +8,6 @@
 
 #include "convert.h"
 #include "kiln/autodiff.h"
-#include "kiln/graph.h"
 #include "kiln/op.h"
 
 namespace nb = nanobind;
@@ -23,8 +24,10 @@ Shape shape_arg(const nb::handle& seq) {
 nb::tuple shape_tuple(const Shape& s) {
   nb::list l;
   for (int64_t d : s) {
-    if (d < 0) l.append(nb::none());
-    else l.append(nb::int_(d));
+    if (d < 0)
+      l.append(nb::none());
+    else
+      l.append(nb::int_(d));
   }
   return nb::tuple(l);
 }
@@ -33,11 +36,16 @@ Attrs attrs_arg(const nb::dict& d) {
   Attrs a;
   for (auto [k, v] : d) {
     std::string key = nb::cast<std::string>(k);
-    if (nb::isinstance<nb::bool_>(v)) a.set(key, int64_t(nb::cast<bool>(v)));
-    else if (nb::isinstance<nb::int_>(v)) a.set(key, nb::cast<int64_t>(v));
-    else if (nb::isinstance<nb::float_>(v)) a.set(key, nb::cast<double>(v));
-    else if (nb::isinstance<nb::str>(v)) a.set(key, nb::cast<std::string>(v));
-    else a.set(key, nb::cast<std::vector<int64_t>>(v));
+    if (nb::isinstance<nb::bool_>(v))
+      a.set(key, int64_t(nb::cast<bool>(v)));
+    else if (nb::isinstance<nb::int_>(v))
+      a.set(key, nb::cast<int64_t>(v));
+    else if (nb::isinstance<nb::float_>(v))
+      a.set(key, nb::cast<double>(v));
+    else if (nb::isinstance<nb::str>(v))
+      a.set(key, nb::cast<std::string>(v));
+    else
+      a.set(key, nb::cast<std::vector<int64_t>>(v));
   }
   return a;
 }
@@ -48,17 +56,23 @@ void bind_graph(nb::module_& m) {
   nb::class_<Graph>(m, "Graph")
       .def(nb::init<>())
       .def("__len__", &Graph::size)
-      .def("input", [](Graph& g, const std::string& name, nb::handle shape, nb::handle dtype) {
-             return g.input(name, shape_arg(shape), py::dtype_arg(dtype));
-           }, nb::arg("name"), nb::arg("shape"), nb::arg("dtype"))
+      .def(
+          "input",
+          [](Graph& g, const std::string& name, nb::handle shape, nb::handle dtype) {
+            return g.input(name, shape_arg(shape), py::dtype_arg(dtype));
+          },
+          nb::arg("name"), nb::arg("shape"), nb::arg("dtype"))
       .def("constant", [](Graph& g, nb::handle array) { return g.constant(py::to_tensor(array)); })
-      .def("variable", [](Graph& g, const std::string& name, nb::handle array, bool trainable) {
-             return g.variable(name, py::to_tensor(array), trainable);
-           }, nb::arg("name"), nb::arg("value"), nb::arg("trainable") = true)
-      .def("variable_value", [](Graph& g, const std::string& name) {
-             return py::to_numpy(g.variables()->get(name).clone());
-           })
-      .def("assign", [](Graph& g, const std::string& name, nb::handle array) {
+      .def(
+          "variable",
+          [](Graph& g, const std::string& name, nb::handle array, bool trainable) {
+            return g.variable(name, py::to_tensor(array), trainable);
+          },
+          nb::arg("name"), nb::arg("value"), nb::arg("trainable") = true)
+      .def("variable_value",
+           [](Graph& g, const std::string& name) { return py::to_numpy(g.variables()->get(name).clone()); })
+      .def("assign",
+           [](Graph& g, const std::string& name, nb::handle array) {
              Tensor& var = g.variables()->get(name);
              Tensor src = py::to_tensor(array);
              if (src.dtype() != var.dtype() || src.shape() != var.shape())
@@ -66,14 +80,18 @@ void bind_graph(nb::module_& m) {
                            ", got " + dtype_name(src.dtype()) + src.shape().str());
              var.copy_from(src);
            })
-      .def("variable_names", [](Graph& g) {
+      .def("variable_names",
+           [](Graph& g) {
              std::vector<std::string> names;
              for (auto& kv : g.variables()->all()) names.push_back(kv.first);
              return names;
            })
-      .def("apply", [](Graph& g, const std::string& op, const std::vector<Value>& inputs, const nb::dict& attrs) {
-             return g.apply(op, inputs, attrs_arg(attrs));
-           }, nb::arg("op"), nb::arg("inputs"), nb::arg("attrs") = nb::dict());
+      .def(
+          "apply",
+          [](Graph& g, const std::string& op, const std::vector<Value>& inputs, const nb::dict& attrs) {
+            return g.apply(op, inputs, attrs_arg(attrs));
+          },
+          nb::arg("op"), nb::arg("inputs"), nb::arg("attrs") = nb::dict());
 
   nb::class_<Value>(m, "Value")
       .def_prop_ro("shape", [](const Value& v) { return shape_tuple(v.shape()); })
@@ -86,9 +104,12 @@ void bind_graph(nb::module_& m) {
       .def("same_as", [](const Value& a, const Value& b) { return a.graph == b.graph && a.edge == b.edge; });
 
   m.def("set_site", &SiteScope::set, nb::arg("site"), "Creation site given to the nodes built next.");
-  m.def("grad", [](const Value& y, const std::vector<Value>& wrt, std::optional<Value> grad_output) {
-          return grad(y, wrt, grad_output ? *grad_output : Value{});
-        }, nb::arg("y"), nb::arg("wrt"), nb::arg("grad_output").none() = nb::none());
+  m.def(
+      "grad",
+      [](const Value& y, const std::vector<Value>& wrt, std::optional<Value> grad_output) {
+        return grad(y, wrt, grad_output ? *grad_output : Value{});
+      },
+      nb::arg("y"), nb::arg("wrt"), nb::arg("grad_output").none() = nb::none());
 
   m.def("op_names", [] {
     std::vector<std::string> names;

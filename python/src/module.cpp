@@ -2,9 +2,9 @@
 // per-module binding files together and maps kiln::Error to kiln.Error (a ValueError).
 #include <nanobind/nanobind.h>
 
+#include "kiln/error.h"
 #include "kiln/tensor.h"
 #include "kiln/threads.h"
-#include "kiln/error.h"
 
 namespace nb = nanobind;
 

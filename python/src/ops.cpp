@@ -1,12 +1,13 @@
 // The graph-building functions of kiln::ops, one binding each; python/kiln/ops.py gives them
 // their user-facing signatures and documentation.
+#include "kiln/ops.h"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "convert.h"
-#include "kiln/ops.h"
 
 namespace nb = nanobind;
 using namespace kiln;
@@ -15,7 +16,8 @@ using nb::arg;
 
 void bind_ops(nb::module_& m) {
   m.def("constant_like", &constant_like, arg("value"), arg("like"));
-  m.def("cast", [](const Value& x, nb::handle dtype) { return cast(x, py::dtype_arg(dtype)); }, arg("x"), arg("dtype"));
+  m.def(
+      "cast", [](const Value& x, nb::handle dtype) { return cast(x, py::dtype_arg(dtype)); }, arg("x"), arg("dtype"));
   m.def("stop_gradient", &stop_gradient, arg("x"));
   m.def("binary", &binary, arg("op"), arg("a"), arg("b"));
   m.def("unary", &unary, arg("op"), arg("x"));
@@ -53,20 +55,30 @@ void bind_ops(nb::module_& m) {
 
   m.def("take", &take, arg("x"), arg("indices"), arg("axis"));
   m.def("gather", &gather, arg("x"), arg("indices"), arg("axis"));
-  m.def("one_hot", [](const Value& i, int64_t n, nb::handle dtype) { return one_hot(i, n, py::dtype_arg(dtype)); },
-        arg("indices"), arg("num_classes"), arg("dtype"));
+  m.def(
+      "one_hot", [](const Value& i, int64_t n, nb::handle dtype) { return one_hot(i, n, py::dtype_arg(dtype)); },
+      arg("indices"), arg("num_classes"), arg("dtype"));
 
   auto shape_of = [](const std::vector<int64_t>& s) { return Shape(s); };
-  m.def("uniform", [=](Graph& g, const std::vector<int64_t>& shape, double low, double high, int64_t seed, nb::handle dtype,
-                       std::optional<Value> like) {
-          return uniform(g, shape_of(shape), low, high, seed, py::dtype_arg(dtype), like ? *like : Value{});
-        }, arg("graph"), arg("shape"), arg("low"), arg("high"), arg("seed"), arg("dtype"), arg("like").none());
-  m.def("normal", [=](Graph& g, const std::vector<int64_t>& shape, double mean, double std, int64_t seed, nb::handle dtype,
-                      std::optional<Value> like) {
-          return normal(g, shape_of(shape), mean, std, seed, py::dtype_arg(dtype), like ? *like : Value{});
-        }, arg("graph"), arg("shape"), arg("mean"), arg("std"), arg("seed"), arg("dtype"), arg("like").none());
-  m.def("bernoulli", [=](Graph& g, double p, const std::vector<int64_t>& shape, int64_t seed, nb::handle dtype,
-                         std::optional<Value> like) {
-          return bernoulli(g, p, shape_of(shape), seed, py::dtype_arg(dtype), like ? *like : Value{});
-        }, arg("graph"), arg("p"), arg("shape"), arg("seed"), arg("dtype"), arg("like").none());
+  m.def(
+      "uniform",
+      [=](Graph& g, const std::vector<int64_t>& shape, double low, double high, int64_t seed, nb::handle dtype,
+          std::optional<Value> like) {
+        return uniform(g, shape_of(shape), low, high, seed, py::dtype_arg(dtype), like ? *like : Value{});
+      },
+      arg("graph"), arg("shape"), arg("low"), arg("high"), arg("seed"), arg("dtype"), arg("like").none());
+  m.def(
+      "normal",
+      [=](Graph& g, const std::vector<int64_t>& shape, double mean, double std, int64_t seed, nb::handle dtype,
+          std::optional<Value> like) {
+        return normal(g, shape_of(shape), mean, std, seed, py::dtype_arg(dtype), like ? *like : Value{});
+      },
+      arg("graph"), arg("shape"), arg("mean"), arg("std"), arg("seed"), arg("dtype"), arg("like").none());
+  m.def(
+      "bernoulli",
+      [=](Graph& g, double p, const std::vector<int64_t>& shape, int64_t seed, nb::handle dtype,
+          std::optional<Value> like) {
+        return bernoulli(g, p, shape_of(shape), seed, py::dtype_arg(dtype), like ? *like : Value{});
+      },
+      arg("graph"), arg("p"), arg("shape"), arg("seed"), arg("dtype"), arg("like").none());
 }

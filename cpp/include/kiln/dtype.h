@@ -27,12 +27,12 @@ DType promote(DType a, DType b);
 #define KILN_FLOAT_CASES(...)                     \
   KILN_DISPATCH_CASE(float32, float, __VA_ARGS__) \
   KILN_DISPATCH_CASE(float64, double, __VA_ARGS__)
-#define KILN_INT_CASES(...)                         \
-  KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__)   \
-  KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__)   \
+#define KILN_INT_CASES(...)                       \
+  KILN_DISPATCH_CASE(int32, int32_t, __VA_ARGS__) \
+  KILN_DISPATCH_CASE(int64, int64_t, __VA_ARGS__) \
   KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)
-#define KILN_DISPATCH_DEFAULT(dtype, opname)                                                        \
-  default:                                                                                          \
+#define KILN_DISPATCH_DEFAULT(dtype, opname) \
+  default:                                   \
     throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) + " is not supported")
 
 #define KILN_DISPATCH_FLOAT(dtype, opname, ...) \
@@ -46,12 +46,12 @@ DType promote(DType a, DType b);
     KILN_INT_CASES(__VA_ARGS__)                   \
     KILN_DISPATCH_DEFAULT(dtype, opname);         \
   }
-#define KILN_DISPATCH_ALL(dtype, opname, ...)         \
-  switch (dtype) {                                    \
-    KILN_FLOAT_CASES(__VA_ARGS__)                     \
-    KILN_INT_CASES(__VA_ARGS__)                       \
-    KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__)      \
-    KILN_DISPATCH_DEFAULT(dtype, opname);             \
+#define KILN_DISPATCH_ALL(dtype, opname, ...)    \
+  switch (dtype) {                               \
+    KILN_FLOAT_CASES(__VA_ARGS__)                \
+    KILN_INT_CASES(__VA_ARGS__)                  \
+    KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__) \
+    KILN_DISPATCH_DEFAULT(dtype, opname);        \
   }
 
 }  // namespace kiln

@@ -18,11 +18,11 @@ struct Program;
 struct Plan;
 
 struct PlanStats {
-  int steps = 0;          // kernels run per call
-  int buffers = 0;        // intermediate buffers in the plan
+  int steps = 0;    // kernels run per call
+  int buffers = 0;  // intermediate buffers in the plan
   size_t buffer_bytes = 0;
-  int values = 0;         // intermediate values those buffers hold
-  int in_place = 0;       // values written over their input
+  int values = 0;    // intermediate values those buffers hold
+  int in_place = 0;  // values written over their input
 };
 
 class Function {
@@ -36,18 +36,18 @@ class Function {
   Function& operator=(Function&&) noexcept;
 
   // Inputs by position; returns outputs in order. Safe to call from several threads (calls of
-  // one function are serialised; use one function per thread to run in parallel). Inputs must match the declared dtype and
-  // shape (symbolic dims take any size), else kiln::Error names the input.
+  // one function are serialised; use one function per thread to run in parallel). Inputs must match the declared dtype
+  // and shape (symbolic dims take any size), else kiln::Error names the input.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);
   std::map<std::string, Tensor> operator()(const std::map<std::string, Tensor>& feeds);
 
   const std::vector<std::string>& input_names() const;
   const std::vector<std::string>& output_names() const;
   std::vector<TensorSpec> input_specs() const;
-  int num_nodes() const;                   // nodes after optimisation
-  PlanStats plan_stats() const;            // of the most recently used plan
-  int num_plans() const;                   // distinct input shapes compiled so far
-  std::string str() const;                 // the optimised program, one node a line
+  int num_nodes() const;         // nodes after optimisation
+  PlanStats plan_stats() const;  // of the most recently used plan
+  int num_plans() const;         // distinct input shapes compiled so far
+  std::string str() const;       // the optimised program, one node a line
 
   // Per-node timing of the calls made while profiling is on: (node index, op, calls, seconds).
   struct ProfileEntry {

@@ -102,8 +102,7 @@ class Graph {
 
   // Adds a node after checking its attributes and inferring its outputs; shape and dtype
   // errors are raised here, at build time, naming the op, the shapes and the creation site.
-  std::vector<Value> apply(const std::string& op, const std::vector<Value>& inputs,
-                           const Attrs& attrs = {});
+  std::vector<Value> apply(const std::string& op, const std::vector<Value>& inputs, const Attrs& attrs = {});
   Value apply1(const std::string& op, const std::vector<Value>& inputs, const Attrs& attrs = {}) {
     return apply(op, inputs, attrs).at(0);
   }

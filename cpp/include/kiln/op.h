@@ -24,8 +24,8 @@ struct KernelContext {
   int n_in;
   Tensor* const* out;
   int n_out;
-  uint64_t call_counter;  // increments on every call of the function; random streams use it
-  bool training = true;   // the function's mode: dropout and batch norm read it
+  uint64_t call_counter;      // increments on every call of the function; random streams use it
+  bool training = true;       // the function's mode: dropout and batch norm read it
   void* workspace = nullptr;  // scratch memory of OpDef::workspace bytes, planned once
   size_t workspace_bytes = 0;
   const Tensor& input(int i) const { return *in[i]; }
@@ -44,8 +44,7 @@ struct VjpContext {
   const Attrs& attrs() const { return node.attrs; }
 };
 
-using InferFn = std::function<std::vector<TensorSpec>(const std::vector<TensorSpec>& inputs,
-                                                      const Attrs& attrs)>;
+using InferFn = std::function<std::vector<TensorSpec>(const std::vector<TensorSpec>& inputs, const Attrs& attrs)>;
 // Returns one gradient per input; an invalid Value means "no gradient" (zero).
 using VjpFn = std::function<std::vector<Value>(const VjpContext& ctx)>;
 using KernelFn = void (*)(const KernelContext& ctx);
@@ -64,8 +63,8 @@ struct OpDef {
   std::vector<AttrSpec> attrs;
   int num_inputs = 1;  // -1: variadic
   InferFn infer;
-  VjpFn vjp;                        // empty together with differentiable == false
-  bool differentiable = true;       // false: an explicit "has no gradient" mark
+  VjpFn vjp;                   // empty together with differentiable == false
+  bool differentiable = true;  // false: an explicit "has no gradient" mark
   KernelFn cpu = nullptr;
   WorkspaceFn workspace;  // empty: the kernel needs no scratch memory
   OpKind kind = OpKind::compute;

@@ -69,16 +69,16 @@ Value slice(const Value& x, const std::vector<int64_t>& starts, const std::vecto
 Value pad(const Value& x, const std::vector<int64_t>& pads, double value = 0.0);
 
 // Indexing.
-Value take(const Value& x, const Value& indices, int64_t axis);     // numpy.take
-Value gather(const Value& x, const Value& indices, int64_t axis);   // take_along_axis
+Value take(const Value& x, const Value& indices, int64_t axis);    // numpy.take
+Value gather(const Value& x, const Value& indices, int64_t axis);  // take_along_axis
 Value one_hot(const Value& indices, int64_t num_classes, DType dtype = DType::float32);
 
 // Random: a fresh draw on every call of a compiled function; reproducible for a given seed.
 // seed < 0 picks a nondeterministic one. `like`, when valid, gives the shape at run time.
-Value uniform(Graph& g, const Shape& shape, double low, double high, int64_t seed,
-              DType dtype = DType::float32, const Value& like = {});
-Value normal(Graph& g, const Shape& shape, double mean, double std, int64_t seed,
-             DType dtype = DType::float32, const Value& like = {});
+Value uniform(Graph& g, const Shape& shape, double low, double high, int64_t seed, DType dtype = DType::float32,
+              const Value& like = {});
+Value normal(Graph& g, const Shape& shape, double mean, double std, int64_t seed, DType dtype = DType::float32,
+             const Value& like = {});
 Value bernoulli(Graph& g, double p, const Shape& shape, int64_t seed, DType dtype = DType::float32,
                 const Value& like = {});
 

@@ -28,8 +28,8 @@ class Shape {
   void insert(int pos, int64_t d);
   void erase(int pos);
 
-  bool known() const;       // no symbolic dimension
-  int64_t numel() const;    // product of dims; -1 when any is symbolic
+  bool known() const;     // no symbolic dimension
+  int64_t numel() const;  // product of dims; -1 when any is symbolic
   std::vector<int64_t> vec() const { return {begin(), end()}; }
   std::string str() const;  // "(2, None, 3)"
   bool operator==(const Shape& o) const;

@@ -62,7 +62,9 @@ class Tensor {
 
   void* raw() const { return static_cast<char*>(storage_->data()) + offset_; }
   template <typename T>
-  T* data() const { return static_cast<T*>(raw()); }
+  T* data() const {
+    return static_cast<T*>(raw());
+  }
 
   // Same storage, another shape with the same number of elements (contiguous tensors only).
   Tensor view(const Shape& shape) const;

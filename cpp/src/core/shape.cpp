@@ -10,8 +10,7 @@ Shape::Shape(const std::vector<int64_t>& dims) {
 }
 
 void Shape::push_back(int64_t d) {
-  if (rank_ == kMaxRank)
-    throw Error("kiln supports tensors of rank at most " + std::to_string(kMaxRank));
+  if (rank_ == kMaxRank) throw Error("kiln supports tensors of rank at most " + std::to_string(kMaxRank));
   dims_[rank_++] = d;
 }
 void Shape::insert(int pos, int64_t d) {
@@ -65,8 +64,8 @@ Shape contiguous_strides(const Shape& s) {
 
 int normalize_axis(int64_t axis, int rank, const char* op) {
   if (axis < -rank || axis >= rank || (rank == 0 && axis != 0 && axis != -1))
-    throw Error(std::string(op) + ": axis " + std::to_string(axis) +
-                " is out of range for a tensor of rank " + std::to_string(rank));
+    throw Error(std::string(op) + ": axis " + std::to_string(axis) + " is out of range for a tensor of rank " +
+                std::to_string(rank));
   return static_cast<int>(axis < 0 ? axis + rank : axis);
 }
 
@@ -77,15 +76,20 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
     int ia = i - (r - a.rank()), ib = i - (r - b.rank());
     int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
     int64_t d;
-    if (da == db) d = da;
-    else if (da == 1) d = db;
-    else if (db == 1) d = da;
-    else if (da < 0) d = db;  // symbolic against a fixed size: the size must match at run time
-    else if (db < 0) d = da;
+    if (da == db)
+      d = da;
+    else if (da == 1)
+      d = db;
+    else if (db == 1)
+      d = da;
+    else if (da < 0)
+      d = db;  // symbolic against a fixed size: the size must match at run time
+    else if (db < 0)
+      d = da;
     else
       throw Error(std::string(op) + ": shapes " + a.str() + " and " + b.str() +
-                  " cannot be broadcast together (dimension " + std::to_string(i) + ": " +
-                  std::to_string(da) + " vs " + std::to_string(db) + ")");
+                  " cannot be broadcast together (dimension " + std::to_string(i) + ": " + std::to_string(da) + " vs " +
+                  std::to_string(db) + ")");
     out.push_back(d);
   }
   return out;

@@ -1,10 +1,10 @@
 #include "kiln/tensor.h"
 
 #include <atomic>
-#include <map>
-#include <mutex>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
@@ -56,8 +56,8 @@ class BlockCache {
 
  private:
   std::mutex mu_;
-  std::multimap<size_t, void*> blocks_;   // free blocks by capacity
-  std::map<void*, size_t> capacity_;      // live large blocks and their capacity
+  std::multimap<size_t, void*> blocks_;  // free blocks by capacity
+  std::map<void*, size_t> capacity_;     // live large blocks and their capacity
   size_t cached_ = 0;
 };
 
@@ -131,8 +131,7 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, const Shape& shape
 bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_) || numel() <= 1; }
 
 Tensor Tensor::view(const Shape& shape) const {
-  if (shape.numel() != numel())
-    throw Error("view: cannot view " + shape_.str() + " as " + shape.str());
+  if (shape.numel() != numel()) throw Error("view: cannot view " + shape_.str() + " as " + shape.str());
   Tensor t = *this;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
@@ -152,8 +151,8 @@ Tensor Tensor::clone() const {
 
 void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
-    throw Error("copy: cannot copy " + std::string(dtype_name(src.dtype_)) + src.shape_.str() +
-                " into " + dtype_name(dtype_) + shape_.str());
+    throw Error("copy: cannot copy " + std::string(dtype_name(src.dtype_)) + src.shape_.str() + " into " +
+                dtype_name(dtype_) + shape_.str());
   size_t es = dtype_size(dtype_);
   if (src.is_contiguous()) {
     if (numel() > 0) std::memcpy(raw(), src.raw(), nbytes());

@@ -32,13 +32,15 @@ void single_threaded_blas() {
 
 inline void blas(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
                  float beta, float* c, int ldc) {
-  KILN_CBLAS(sgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a,
-                    lda, b, ldb, beta, c, ldc);
+  KILN_CBLAS(sgemm)
+  (CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta,
+   c, ldc);
 }
 inline void blas(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
                  int ldb, double beta, double* c, int ldc) {
-  KILN_CBLAS(dgemm)(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a,
-                    lda, b, ldb, beta, c, ldc);
+  KILN_CBLAS(dgemm)
+  (CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta,
+   c, ldc);
 }
 
 template <class T>
@@ -52,7 +54,7 @@ void split_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int 
     return;
   }
   constexpr int64_t kAlign = 16;  // blocks of whole SIMD panels
-  if (n >= m) {  // column blocks of op(B) and C
+  if (n >= m) {                   // column blocks of op(B) and C
     const int64_t blocks = (n + kAlign - 1) / kAlign;
     parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
       const int64_t j0 = b0 * kAlign, j1 = std::min<int64_t>(n, b1 * kAlign);

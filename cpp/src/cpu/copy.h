@@ -1,7 +1,7 @@
 #pragma once
 // Strided box copies between contiguous tensors: the kernel behind slice, its gradient, pad.
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "kiln/error.h"
@@ -41,8 +41,7 @@ inline void copy_box(const Tensor& src, const int64_t* src_start, const int64_t*
     if (sin == 1 && din == 1) {
       std::memcpy(d + dof * es, s + so * es, static_cast<size_t>(inner) * es);
     } else {
-      for (int64_t j = 0; j < inner; ++j)
-        std::memcpy(d + (dof + j * din) * es, s + (so + j * sin) * es, es);
+      for (int64_t j = 0; j < inner; ++j) std::memcpy(d + (dof + j * din) * es, s + (so + j * sin) * es, es);
     }
     for (int i = r - 2; i >= 0; --i) {
       if (++idx[i] < extent[i]) break;
@@ -57,7 +56,8 @@ inline void fill(Tensor& t, double value) {
     std::memset(t.raw(), 0, t.nbytes());
     return;
   }
-  KILN_DISPATCH_ALL(t.dtype(), "fill", std::fill(t.data<scalar_t>(), t.data<scalar_t>() + t.numel(), static_cast<scalar_t>(value)));
+  KILN_DISPATCH_ALL(t.dtype(), "fill",
+                    std::fill(t.data<scalar_t>(), t.data<scalar_t>() + t.numel(), static_cast<scalar_t>(value)));
 }
 
 }  // namespace kiln::cpu

@@ -13,7 +13,8 @@ std::vector<Value> grad(const Value& y, const std::vector<Value>& wrt, const Val
   Graph& g = *y.graph;
   const std::string where = y.node().site.empty() ? "" : "\n  at " + y.node().site;
   if (!is_floating(y.dtype()))
-    throw Error("grad: y has dtype " + std::string(dtype_name(y.dtype())) + "; only floating-point tensors have gradients" + where);
+    throw Error("grad: y has dtype " + std::string(dtype_name(y.dtype())) +
+                "; only floating-point tensors have gradients" + where);
   for (const Value& w : wrt) {
     if (w.graph != &g) throw Error("grad: a tensor in wrt belongs to another graph");
     if (!is_floating(w.dtype()))
@@ -41,14 +42,19 @@ std::vector<Value> grad(const Value& y, const std::vector<Value>& wrt, const Val
   for (int32_t id = 0; id <= top; ++id) {
     if (depends[id]) continue;
     for (const Edge& e : g.node(id).inputs)
-      if (depends[e.node]) { depends[id] = true; break; }
+      if (depends[e.node]) {
+        depends[id] = true;
+        break;
+      }
   }
 
   std::map<Edge, Value> grads;  // gradient accumulated for each edge
   auto accumulate = [&](const Edge& e, const Value& v) {
     auto it = grads.find(e);
-    if (it == grads.end()) grads.emplace(e, v);
-    else it->second = ops::add(it->second, v);
+    if (it == grads.end())
+      grads.emplace(e, v);
+    else
+      it->second = ops::add(it->second, v);
   };
   accumulate(y.edge, seed);
 

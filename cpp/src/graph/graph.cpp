@@ -16,8 +16,10 @@ Attrs::Attrs(std::initializer_list<std::pair<std::string, AttrValue>> items) {
 Attrs& Attrs::set(const std::string& name, AttrValue v) {
   auto it = std::lower_bound(items_.begin(), items_.end(), name,
                              [](const auto& kv, const std::string& n) { return kv.first < n; });
-  if (it != items_.end() && it->first == name) it->second = std::move(v);
-  else items_.insert(it, {name, std::move(v)});
+  if (it != items_.end() && it->first == name)
+    it->second = std::move(v);
+  else
+    items_.insert(it, {name, std::move(v)});
   return *this;
 }
 
@@ -38,18 +40,14 @@ int64_t Attrs::i(const std::string& name) const {
   if (auto p = std::get_if<double>(&v)) return static_cast<int64_t>(*p);
   throw Error("attribute '" + name + "' is not an integer");
 }
-int64_t Attrs::i(const std::string& name, int64_t fallback) const {
-  return has(name) ? i(name) : fallback;
-}
+int64_t Attrs::i(const std::string& name, int64_t fallback) const { return has(name) ? i(name) : fallback; }
 double Attrs::f(const std::string& name) const {
   const AttrValue& v = get(name);
   if (auto p = std::get_if<double>(&v)) return *p;
   if (auto p = std::get_if<int64_t>(&v)) return static_cast<double>(*p);
   throw Error("attribute '" + name + "' is not a number");
 }
-double Attrs::f(const std::string& name, double fallback) const {
-  return has(name) ? f(name) : fallback;
-}
+double Attrs::f(const std::string& name, double fallback) const { return has(name) ? f(name) : fallback; }
 const std::string& Attrs::s(const std::string& name) const {
   if (auto p = std::get_if<std::string>(&get(name))) return *p;
   throw Error("attribute '" + name + "' is not a string");
@@ -141,18 +139,16 @@ static std::string with_site(const std::string& msg, const std::string& site) {
   return site.empty() ? msg : msg + "\n  at " + site;
 }
 
-std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Value>& inputs,
-                                const Attrs& attrs) {
+std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Value>& inputs, const Attrs& attrs) {
   const std::string& site = SiteScope::current();
   const OpDef* op = OpRegistry::get().find(op_name);
   if (!op) throw Error(with_site("unknown op '" + op_name + "'", site));
   if (op->num_inputs >= 0 && static_cast<int>(inputs.size()) != op->num_inputs)
-    throw Error(with_site(op_name + ": expected " + std::to_string(op->num_inputs) +
-                              " inputs, got " + std::to_string(inputs.size()),
-                          site));
+    throw Error(with_site(
+        op_name + ": expected " + std::to_string(op->num_inputs) + " inputs, got " + std::to_string(inputs.size()),
+        site));
   for (auto& [k, v] : attrs.items()) {
-    bool known = std::any_of(op->attrs.begin(), op->attrs.end(),
-                             [&](const AttrSpec& a) { return a.name == k; });
+    bool known = std::any_of(op->attrs.begin(), op->attrs.end(), [&](const AttrSpec& a) { return a.name == k; });
     if (!known) throw Error(with_site(op_name + ": unknown attribute '" + k + "'", site));
   }
   for (const AttrSpec& a : op->attrs)
@@ -166,8 +162,7 @@ std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Va
   n.site = site;
   std::vector<TensorSpec> in_specs;
   for (const Value& v : inputs) {
-    if (v.graph != this)
-      throw Error(with_site(op_name + ": an input belongs to another graph", site));
+    if (v.graph != this) throw Error(with_site(op_name + ": an input belongs to another graph", site));
     n.inputs.push_back(v.edge);
     in_specs.push_back(v.spec());
   }
@@ -188,8 +183,7 @@ std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Va
 Value Graph::input(const std::string& name, const Shape& shape, DType dtype) {
   if (name.empty()) throw Error("input: a name is required");
   if (name_counts_.count(name))
-    throw Error(with_site("input: the name '" + name + "' is already used in this graph",
-                          SiteScope::current()));
+    throw Error(with_site("input: the name '" + name + "' is already used in this graph", SiteScope::current()));
   unique_name(name);
   Value v = apply1("input", {}, {{"shape", shape.vec()}, {"dtype", std::string(dtype_name(dtype))}});
   nodes_.back().name = name;
@@ -198,8 +192,7 @@ Value Graph::input(const std::string& name, const Shape& shape, DType dtype) {
 
 Value Graph::constant(const Tensor& value) {
   Tensor c = value.contiguous();
-  Value v = apply1("constant", {},
-                   {{"shape", c.shape().vec()}, {"dtype", std::string(dtype_name(c.dtype()))}});
+  Value v = apply1("constant", {}, {{"shape", c.shape().vec()}, {"dtype", std::string(dtype_name(c.dtype()))}});
   constants_[v.edge.node] = c;
   return v;
 }

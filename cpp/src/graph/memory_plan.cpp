@@ -15,8 +15,10 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
   for (const Tensor& t : inputs) in.push_back({t.dtype(), t.shape()});
   std::vector<TensorSpec> specs = op.infer(in, attrs);
   std::vector<Tensor> outs;
-  for (const TensorSpec& s : specs) outs.push_back(op.kind == OpKind::alias ? Tensor() : Tensor::empty(s.shape, s.dtype));
-  if (op.kind == OpKind::alias) outs[0] = inputs[0].view(specs[0].shape);
+  for (const TensorSpec& s : specs)
+    outs.push_back(op.kind == OpKind::alias ? Tensor() : Tensor::empty(s.shape, s.dtype));
+  if (op.kind == OpKind::alias)
+    outs[0] = inputs[0].view(specs[0].shape);
   else {
     std::vector<const Tensor*> ip;
     std::vector<Tensor*> op_;
@@ -24,8 +26,9 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
     for (Tensor& t : outs) op_.push_back(&t);
     size_t ws = op.workspace ? op.workspace(in, specs, attrs) : 0;
     Storage scratch(ws);
-    KernelContext ctx{attrs, ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0, training,
-                      scratch.data(), ws};
+    KernelContext ctx{
+        attrs,          ip.data(), static_cast<int>(ip.size()), op_.data(), static_cast<int>(op_.size()), 0, training,
+        scratch.data(), ws};
     op.cpu(ctx);
   }
   return outs;
@@ -41,7 +44,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
 
   // 1. Slots and concrete specs.
   std::vector<std::vector<int>> slot_of(n);
-  std::vector<TensorSpec> spec;  // per slot
+  std::vector<TensorSpec> spec;   // per slot
   std::vector<int32_t> producer;  // per slot
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
@@ -78,7 +81,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
     view[id] = node.op->kind == OpKind::alias ||
-               (node.op->identity_if_same_shape && spec[slot_of[id][0]] == spec[slot_of[node.inputs[0].node][node.inputs[0].index]]);
+               (node.op->identity_if_same_shape &&
+                spec[slot_of[id][0]] == spec[slot_of[node.inputs[0].node][node.inputs[0].index]]);
   }
   plan->slots.resize(nslots);
   for (int s = 0; s < nslots; ++s) plan->slots[s] = Tensor();

@@ -116,8 +116,10 @@ void add_state_updates(Program& p) {
                       describe(node) + " updates itself");
       auto it = std::find_if(p.updates.begin(), p.updates.end(), [&](const auto& u) { return u.first == var.name; });
       Edge e{static_cast<int32_t>(id), out};
-      if (it == p.updates.end()) p.updates.push_back({var.name, e});
-      else it->second = e;  // the op applied last in the program wins
+      if (it == p.updates.end())
+        p.updates.push_back({var.name, e});
+      else
+        it->second = e;  // the op applied last in the program wins
     }
   }
 }

@@ -17,23 +17,31 @@ constexpr double kSeluScale = 1.0507009873554804934193349852946;
 struct LeakyRelu {
   double slope;
   explicit LeakyRelu(const Attrs& a) : slope(a.f("negative_slope", 0.01)) {}
-  template <class T> T operator()(T x) const { return x < T(0) ? x * T(slope) : x; }
+  template <class T>
+  T operator()(T x) const {
+    return x < T(0) ? x * T(slope) : x;
+  }
 };
 struct Elu {
   double alpha;
   explicit Elu(const Attrs& a) : alpha(a.f("alpha", 1.0)) {}
-  template <class T> T operator()(T x) const { return x > T(0) ? x : T(alpha) * std::expm1(x); }
+  template <class T>
+  T operator()(T x) const {
+    return x > T(0) ? x : T(alpha) * std::expm1(x);
+  }
 };
 struct Selu {
   explicit Selu(const Attrs&) {}
-  template <class T> T operator()(T x) const {
+  template <class T>
+  T operator()(T x) const {
     return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
   }
 };
 struct Softplus {
   double beta, threshold;
   explicit Softplus(const Attrs& a) : beta(a.f("beta", 1.0)), threshold(a.f("threshold", 20.0)) {}
-  template <class T> T operator()(T x) const {
+  template <class T>
+  T operator()(T x) const {
     T bx = x * T(beta);
     return bx > T(threshold) ? x : std::log1p(std::exp(bx)) / T(beta);
   }
@@ -41,14 +49,16 @@ struct Softplus {
 struct Gelu {
   bool tanh_approx;
   explicit Gelu(const Attrs& a) : tanh_approx(a.s("approximate") == "tanh") {}
-  template <class T> T operator()(T x) const {
+  template <class T>
+  T operator()(T x) const {
     if (tanh_approx) {
       const T k = T(0.7978845608028654);  // sqrt(2 / pi)
       return T(0.5) * x * (T(1) + std::tanh(k * (x + T(0.044715) * x * x * x)));
     }
     return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
   }
-  template <class T> T grad(T x) const {
+  template <class T>
+  T grad(T x) const {
     if (tanh_approx) {
       const T k = T(0.7978845608028654);
       T u = k * (x + T(0.044715) * x * x * x), t = std::tanh(u);

@@ -93,7 +93,8 @@ Value reduce(const std::string& op, const Value& x, const Axes& axes, bool keepd
   if ((op == "sum" || op == "prod") && is_integral(v.dtype())) v = cast(v, DType::int64);  // numpy
   if (op == "mean" && !is_floating(v.dtype())) v = cast(v, DType::float64);
   if ((op == "max" || op == "min") && v.dtype() == DType::bool_) v = cast(v, DType::uint8);
-  return graph_of(x).apply1(op, {v}, {{"axes", resolve_axes(axes, x.rank(), op.c_str())}, {"keepdims", int64_t(keepdims)}});
+  return graph_of(x).apply1(op, {v},
+                            {{"axes", resolve_axes(axes, x.rank(), op.c_str())}, {"keepdims", int64_t(keepdims)}});
 }
 Value sum(const Value& x, const Axes& axes, bool keepdims) { return reduce("sum", x, axes, keepdims); }
 Value mean(const Value& x, const Axes& axes, bool keepdims) { return reduce("mean", x, axes, keepdims); }
@@ -130,33 +131,38 @@ Value logsumexp(const Value& x, const Axes& axes, bool keepdims) {
 
 Value softmax(const Value& x, int64_t axis) { return unary("exp", log_softmax(x, axis)); }
 
-Value log_softmax(const Value& x, int64_t axis) {
-  return sub(x, logsumexp(x, std::vector<int64_t>{axis}, true));
-}
+Value log_softmax(const Value& x, int64_t axis) { return sub(x, logsumexp(x, std::vector<int64_t>{axis}, true)); }
 
 // argmax/argmin along one axis; with none, of the flattened x (keepdims: all dims kept as 1).
 static Value arg_reduce(const char* op, const Value& x, std::optional<int64_t> axis, bool keepdims) {
   Graph& g = graph_of(x);
-  if (axis) return g.apply1(op, {x}, {{"axis", int64_t(normalize_axis(*axis, x.rank(), op))}, {"keepdims", int64_t(keepdims)}});
+  if (axis)
+    return g.apply1(op, {x}, {{"axis", int64_t(normalize_axis(*axis, x.rank(), op))}, {"keepdims", int64_t(keepdims)}});
   Value flat = g.apply1(op, {reshape(x, {-1})}, {{"axis", int64_t(0)}, {"keepdims", int64_t(0)}});
   return keepdims ? reshape(flat, std::vector<int64_t>(x.rank(), 1)) : flat;
 }
-Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims) { return arg_reduce("argmax", x, axis, keepdims); }
-Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims) { return arg_reduce("argmin", x, axis, keepdims); }
+Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims) {
+  return arg_reduce("argmax", x, axis, keepdims);
+}
+Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims) {
+  return arg_reduce("argmin", x, axis, keepdims);
+}
 
 // ---- linear algebra ----
 
 Value matmul(Value a, Value b, bool transpose_a, bool transpose_b) {
   Graph& g = graph_of(a);
   if (a.rank() == 0 || b.rank() == 0)
-    throw Error("matmul: operands must have at least one dimension, got shapes " + a.shape().str() + " and " + b.shape().str());
+    throw Error("matmul: operands must have at least one dimension, got shapes " + a.shape().str() + " and " +
+                b.shape().str());
   DType t = promote(a.dtype(), b.dtype());
   a = cast(a, t);
   b = cast(b, t);
   const bool a_vec = a.rank() == 1, b_vec = b.rank() == 1;  // numpy's 1-d rules
   if (a_vec) a = unsqueeze(a, 0);
   if (b_vec) b = unsqueeze(b, -1);
-  Value out = g.apply1("matmul", {a, b}, {{"transpose_a", int64_t(transpose_a)}, {"transpose_b", int64_t(transpose_b)}});
+  Value out =
+      g.apply1("matmul", {a, b}, {{"transpose_a", int64_t(transpose_a)}, {"transpose_b", int64_t(transpose_b)}});
   if (a_vec) out = squeeze(out, std::vector<int64_t>{-2});
   if (b_vec) out = squeeze(out, std::vector<int64_t>{-1});
   return out;
@@ -242,7 +248,8 @@ Value stack(const std::vector<Value>& xs, int64_t axis) {
 }
 
 std::vector<Value> split(const Value& x, const std::vector<int64_t>& sizes, int64_t axis) {
-  return graph_of(x).apply("split", {x}, {{"sizes", sizes}, {"axis", int64_t(normalize_axis(axis, x.rank(), "split"))}});
+  return graph_of(x).apply("split", {x},
+                           {{"sizes", sizes}, {"axis", int64_t(normalize_axis(axis, x.rank(), "split"))}});
 }
 
 std::vector<Value> split_like(const Value& x, const std::vector<Value>& likes, int64_t axis) {
@@ -283,10 +290,13 @@ static int64_t resolve_seed(int64_t seed) {
 static Value draw(Graph& g, const char* op, const char* a_name, double a, const char* b_name, double b,
                   const Shape& shape, int64_t seed, DType dtype, const Value& like) {
   if (!like.valid() && !shape.known())
-    throw Error(std::string(op) + ": the shape " + shape.str() + " must be fully known (or pass a tensor to take it from)");
+    throw Error(std::string(op) + ": the shape " + shape.str() +
+                " must be fully known (or pass a tensor to take it from)");
   std::vector<Value> in;
   if (like.valid()) in.push_back(like);
-  return g.apply1(op, in, {{"shape", shape.vec()}, {"dtype", dname(dtype)}, {"seed", resolve_seed(seed)}, {a_name, a}, {b_name, b}});
+  return g.apply1(
+      op, in,
+      {{"shape", shape.vec()}, {"dtype", dname(dtype)}, {"seed", resolve_seed(seed)}, {a_name, a}, {b_name, b}});
 }
 
 Value uniform(Graph& g, const Shape& shape, double low, double high, int64_t seed, DType dtype, const Value& like) {

@@ -10,9 +10,7 @@
 
 namespace kiln {
 
-inline std::vector<TensorSpec> same_as_input(const std::vector<TensorSpec>& in, const Attrs&) {
-  return {in[0]};
-}
+inline std::vector<TensorSpec> same_as_input(const std::vector<TensorSpec>& in, const Attrs&) { return {in[0]}; }
 
 inline std::vector<int64_t> sorted_axes(const std::vector<int64_t>& axes, int rank, const char* op) {
   std::vector<int64_t> out;
@@ -27,8 +25,6 @@ inline std::vector<int64_t> sorted_axes(const std::vector<int64_t>& axes, int ra
 inline bool dims_compatible(int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; }
 
 // Kernel of the view ops (reshape, squeeze, ...): the output shares input 0's storage.
-inline void alias_kernel(const KernelContext& c) {
-  c.output(0) = c.input(0).view(c.output(0).shape());
-}
+inline void alias_kernel(const KernelContext& c) { c.output(0) = c.input(0).view(c.output(0).shape()); }
 
 }  // namespace kiln

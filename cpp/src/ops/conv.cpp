@@ -43,7 +43,8 @@ struct Geom {
 const std::vector<int64_t>& ints_of(const Attrs& a, const char* name, int sp, const char* op) {
   const auto& v = a.ints(name);
   if (static_cast<int>(v.size()) != sp)
-    throw Error(std::string(op) + ": " + name + " needs " + std::to_string(sp) + " values, got " + std::to_string(v.size()));
+    throw Error(std::string(op) + ": " + name + " needs " + std::to_string(sp) + " values, got " +
+                std::to_string(v.size()));
   return v;
 }
 
@@ -55,7 +56,8 @@ int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t pb, int64_t pe, 
 Geom make_geom(const Shape& x, const Shape& w, const Attrs& a, const char* op, const Shape* out_shape = nullptr) {
   Geom g;
   g.sp = x.rank() - 2;
-  if (g.sp < 1 || g.sp > 3) throw Error(std::string(op) + ": expects a 3-, 4- or 5-d input (N, C, ...), got " + x.str());
+  if (g.sp < 1 || g.sp > 3)
+    throw Error(std::string(op) + ": expects a 3-, 4- or 5-d input (N, C, ...), got " + x.str());
   if (w.rank() != x.rank())
     throw Error(std::string(op) + ": weight " + w.str() + " must have the input's rank " + std::to_string(x.rank()));
   g.n = x[0];
@@ -69,7 +71,8 @@ Geom make_geom(const Shape& x, const Shape& w, const Attrs& a, const char* op, c
                 " output channels must both be divisible by groups=" + std::to_string(g.groups));
   if (g.c >= 0 && w[1] * g.groups != g.c)
     throw Error(std::string(op) + ": weight " + w.str() + " expects " + std::to_string(w[1] * g.groups) +
-                " input channels (groups=" + std::to_string(g.groups) + "), the input " + x.str() + " has " + std::to_string(g.c));
+                " input channels (groups=" + std::to_string(g.groups) + "), the input " + x.str() + " has " +
+                std::to_string(g.c));
   for (int i = 0; i < g.sp; ++i) {
     int j = 3 - g.sp + i;
     g.in[j] = x[2 + i];
@@ -183,7 +186,8 @@ void gather_channels(const T* t, const Geom& g, int64_t grp, int64_t nb, T* buf)
   const int64_t P = g.P(), kg = g.kg();
   cpu::parallel_for(kg, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k)
-      for (int64_t n = 0; n < nb; ++n) std::memcpy(buf + (k * nb + n) * P, t + (n * g.k + grp * kg + k) * P, P * sizeof(T));
+      for (int64_t n = 0; n < nb; ++n)
+        std::memcpy(buf + (k * nb + n) * P, t + (n * g.k + grp * kg + k) * P, P * sizeof(T));
   });
 }
 
@@ -256,8 +260,8 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws) {
         gather_channels(gy + n0 * g.k * P, g, grp, nb, gbuf);
         gk = gbuf;
       }
-      cpu::gemm(false, true, kg, ckk, nb * P, T(1), gk, nb * P, col, nb * P, n0 == 0 ? T(0) : T(1),
-                dw + grp * kg * ckk, ckk);
+      cpu::gemm(false, true, kg, ckk, nb * P, T(1), gk, nb * P, col, nb * P, n0 == 0 ? T(0) : T(1), dw + grp * kg * ckk,
+                ckk);
     }
   }
   if (g.n == 0) std::memset(dw, 0, static_cast<size_t>(g.k * g.ckk()) * sizeof(T));
@@ -269,9 +273,10 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws) {
 void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
-  KILN_DISPATCH_FLOAT(x.dtype(), "conv", conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),
-                                                                  c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr,
-                                                                  c.output(0).data<scalar_t>(), static_cast<scalar_t*>(c.workspace)));
+  KILN_DISPATCH_FLOAT(x.dtype(), "conv",
+                      conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),
+                                             c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr,
+                                             c.output(0).data<scalar_t>(), static_cast<scalar_t*>(c.workspace)));
 }
 
 // conv_input_grad(gy, w, x_ref) -> dx ; conv_transpose(x, w[, b]) -> y uses the same kernel with
@@ -334,10 +339,12 @@ Specs infer_conv(const Specs& in, const Attrs& a) {
 Shape transpose_out_shape(const Shape& x, const Shape& w, const Attrs& a) {
   int sp = x.rank() - 2;
   if (sp < 1 || sp > 3 || w.rank() != x.rank())
-    throw Error("conv_transpose: expects (N, C, ...) input and (C, K/groups, ...) weight of one rank, got " + x.str() + " and " + w.str());
+    throw Error("conv_transpose: expects (N, C, ...) input and (C, K/groups, ...) weight of one rank, got " + x.str() +
+                " and " + w.str());
   const int64_t groups = a.i("groups", 1);
   if (x[1] >= 0 && x[1] != w[0])
-    throw Error("conv_transpose: weight " + w.str() + " expects " + std::to_string(w[0]) + " input channels, the input " + x.str() + " has " + std::to_string(x[1]));
+    throw Error("conv_transpose: weight " + w.str() + " expects " + std::to_string(w[0]) +
+                " input channels, the input " + x.str() + " has " + std::to_string(x[1]));
   const auto &st = ints_of(a, "stride", sp, "conv_transpose"), &pb = ints_of(a, "pad_begin", sp, "conv_transpose"),
              &pe = ints_of(a, "pad_end", sp, "conv_transpose"), &dl = ints_of(a, "dilation", sp, "conv_transpose"),
              &op = ints_of(a, "output_padding", sp, "conv_transpose");
@@ -350,7 +357,8 @@ Shape transpose_out_shape(const Shape& x, const Shape& w, const Attrs& a) {
                   std::to_string(op[i]));
     int64_t in = x[2 + i];
     int64_t o = in < 0 ? kUnknownDim : (in - 1) * st[i] - pb[i] - pe[i] + dl[i] * (w[2 + i] - 1) + op[i] + 1;
-    if (in >= 0 && o <= 0) throw Error("conv_transpose: the output of " + x.str() + " with weight " + w.str() + " would be empty");
+    if (in >= 0 && o <= 0)
+      throw Error("conv_transpose: the output of " + x.str() + " with weight " + w.str() + " would be empty");
     out.push_back(o);
   }
   return out;
@@ -415,8 +423,8 @@ void register_conv_ops(OpRegistry& r) {
     d.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
     d.cpu = kernel;
     d.workspace = [name, input_side](const Specs& in, const Specs& out, const Attrs& a) {
-      const Shape& x = input_side ? out[0].shape : in[1].shape;   // the conv's input
-      const Shape& w = input_side ? in[1].shape : out[0].shape;   // its weight
+      const Shape& x = input_side ? out[0].shape : in[1].shape;  // the conv's input
+      const Shape& w = input_side ? in[1].shape : out[0].shape;  // its weight
       return make_geom(x, w, a, name, &in[0].shape).workspace(dtype_size(in[0].dtype));
     };
     return d;

@@ -13,31 +13,115 @@ using cpu::map_unary;
 namespace {
 
 // ---- kernel bodies ----
-struct Neg { template <class T> T operator()(T x) const { return -x; } };
-struct Abs { template <class T> T operator()(T x) const { return x < 0 ? -x : x; } };
-struct Sign { template <class T> T operator()(T x) const { return T((x > 0) - (x < 0)); } };
-struct Square { template <class T> T operator()(T x) const { return x * x; } };
-struct Exp { template <class T> T operator()(T x) const { return std::exp(x); } };
-struct Log { template <class T> T operator()(T x) const { return std::log(x); } };
-struct Sqrt { template <class T> T operator()(T x) const { return std::sqrt(x); } };
-struct Rsqrt { template <class T> T operator()(T x) const { return T(1) / std::sqrt(x); } };
+struct Neg {
+  template <class T>
+  T operator()(T x) const {
+    return -x;
+  }
+};
+struct Abs {
+  template <class T>
+  T operator()(T x) const {
+    return x < 0 ? -x : x;
+  }
+};
+struct Sign {
+  template <class T>
+  T operator()(T x) const {
+    return T((x > 0) - (x < 0));
+  }
+};
+struct Square {
+  template <class T>
+  T operator()(T x) const {
+    return x * x;
+  }
+};
+struct Exp {
+  template <class T>
+  T operator()(T x) const {
+    return std::exp(x);
+  }
+};
+struct Log {
+  template <class T>
+  T operator()(T x) const {
+    return std::log(x);
+  }
+};
+struct Sqrt {
+  template <class T>
+  T operator()(T x) const {
+    return std::sqrt(x);
+  }
+};
+struct Rsqrt {
+  template <class T>
+  T operator()(T x) const {
+    return T(1) / std::sqrt(x);
+  }
+};
 struct Sigmoid {
-  template <class T> T operator()(T x) const {  // stable for large |x|
+  template <class T>
+  T operator()(T x) const {  // stable for large |x|
     return x >= 0 ? T(1) / (T(1) + std::exp(-x)) : std::exp(x) / (T(1) + std::exp(x));
   }
 };
-struct Tanh { template <class T> T operator()(T x) const { return std::tanh(x); } };
-struct Relu { template <class T> T operator()(T x) const { return x < T(0) ? T(0) : x; } };  // NaN stays
-struct Floor { template <class T> T operator()(T x) const { return std::floor(x); } };
-struct Cos { template <class T> T operator()(T x) const { return std::cos(x); } };
-struct Sin { template <class T> T operator()(T x) const { return std::sin(x); } };
-struct LogicalNot { bool operator()(bool x) const { return !x; } };
+struct Tanh {
+  template <class T>
+  T operator()(T x) const {
+    return std::tanh(x);
+  }
+};
+struct Relu {
+  template <class T>
+  T operator()(T x) const {
+    return x < T(0) ? T(0) : x;
+  }
+};  // NaN stays
+struct Floor {
+  template <class T>
+  T operator()(T x) const {
+    return std::floor(x);
+  }
+};
+struct Cos {
+  template <class T>
+  T operator()(T x) const {
+    return std::cos(x);
+  }
+};
+struct Sin {
+  template <class T>
+  T operator()(T x) const {
+    return std::sin(x);
+  }
+};
+struct LogicalNot {
+  bool operator()(bool x) const { return !x; }
+};
 
-struct Add { template <class T> T operator()(T a, T b) const { return a + b; } };
-struct Sub { template <class T> T operator()(T a, T b) const { return a - b; } };
-struct Mul { template <class T> T operator()(T a, T b) const { return a * b; } };
+struct Add {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a + b;
+  }
+};
+struct Sub {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a - b;
+  }
+};
+struct Mul {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a * b;
+  }
+};
 struct Div {
-  template <class T> T operator()(T a, T b) const {
+  template <class T>
+  T operator()(T a, T b) const {
     if constexpr (std::is_integral_v<T>) {  // floor division, as numpy's // (never traps)
       if (b == 0) return T(0);
       T q = a / b;
@@ -49,27 +133,75 @@ struct Div {
   }
 };
 struct Pow {
-  template <class T> T operator()(T a, T b) const {
+  template <class T>
+  T operator()(T a, T b) const {
     return static_cast<T>(std::pow(static_cast<double>(a), static_cast<double>(b)));
   }
   float operator()(float a, float b) const { return std::pow(a, b); }
 };
 struct Maximum {
-  template <class T> T operator()(T a, T b) const { return (a != a || a > b) ? a : b; }  // NaN wins
+  template <class T>
+  T operator()(T a, T b) const {
+    return (a != a || a > b) ? a : b;
+  }  // NaN wins
 };
 struct Minimum {
-  template <class T> T operator()(T a, T b) const { return (a != a || a < b) ? a : b; }
+  template <class T>
+  T operator()(T a, T b) const {
+    return (a != a || a < b) ? a : b;
+  }
 };
-struct ReluGrad { template <class T> T operator()(T g, T x) const { return x > T(0) ? g : T(0); } };
-struct Eq { template <class T> bool operator()(T a, T b) const { return a == b; } };
-struct Ne { template <class T> bool operator()(T a, T b) const { return a != b; } };
-struct Lt { template <class T> bool operator()(T a, T b) const { return a < b; } };
-struct Le { template <class T> bool operator()(T a, T b) const { return a <= b; } };
-struct Gt { template <class T> bool operator()(T a, T b) const { return a > b; } };
-struct Ge { template <class T> bool operator()(T a, T b) const { return a >= b; } };
-struct And { bool operator()(bool a, bool b) const { return a && b; } };
-struct Or { bool operator()(bool a, bool b) const { return a || b; } };
-struct Xor { bool operator()(bool a, bool b) const { return a != b; } };
+struct ReluGrad {
+  template <class T>
+  T operator()(T g, T x) const {
+    return x > T(0) ? g : T(0);
+  }
+};
+struct Eq {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a == b;
+  }
+};
+struct Ne {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a != b;
+  }
+};
+struct Lt {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a < b;
+  }
+};
+struct Le {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a <= b;
+  }
+};
+struct Gt {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a > b;
+  }
+};
+struct Ge {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a >= b;
+  }
+};
+struct And {
+  bool operator()(bool a, bool b) const { return a && b; }
+};
+struct Or {
+  bool operator()(bool a, bool b) const { return a || b; }
+};
+struct Xor {
+  bool operator()(bool a, bool b) const { return a != b; }
+};
 
 enum class Types { floats, numeric, boolean };
 
@@ -103,11 +235,10 @@ void binary_kernel(const KernelContext& c) {
 
 // ---- inference ----
 
-std::vector<TensorSpec> infer_binary(const std::vector<TensorSpec>& in, const std::string& op,
-                                     bool to_bool) {
+std::vector<TensorSpec> infer_binary(const std::vector<TensorSpec>& in, const std::string& op, bool to_bool) {
   if (in[0].dtype != in[1].dtype)
-    throw Error(op + ": operands have dtypes " + dtype_name(in[0].dtype) + " and " +
-                dtype_name(in[1].dtype) + " (kiln.ops promotes them; the raw op does not)");
+    throw Error(op + ": operands have dtypes " + dtype_name(in[0].dtype) + " and " + dtype_name(in[1].dtype) +
+                " (kiln.ops promotes them; the raw op does not)");
   Shape s = broadcast_shapes(in[0].shape, in[1].shape, op.c_str());
   return {TensorSpec{to_bool ? DType::bool_ : in[0].dtype, s}};
 }
@@ -118,8 +249,10 @@ void add_unary(OpRegistry& r, const std::string& name, KernelFn k, VjpFn vjp) {
   d.infer = same_as_input;
   d.cpu = k;
   d.elementwise = true;
-  if (vjp) d.vjp = std::move(vjp);
-  else d.differentiable = false;
+  if (vjp)
+    d.vjp = std::move(vjp);
+  else
+    d.differentiable = false;
   r.add(std::move(d));
 }
 
@@ -132,15 +265,16 @@ void add_binary(OpRegistry& r, const std::string& name, KernelFn k, VjpFn vjp, b
   };
   d.cpu = k;
   d.elementwise = !to_bool;
-  if (vjp) d.vjp = std::move(vjp);
-  else d.differentiable = false;
+  if (vjp)
+    d.vjp = std::move(vjp);
+  else
+    d.differentiable = false;
   r.add(std::move(d));
 }
 
 // Gradient of a broadcasting binary op: reduce each contribution to its input's shape.
 std::vector<Value> to_inputs(const VjpContext& c, Value ga, Value gb) {
-  return {ga.valid() ? sum_to_like(ga, c.inputs[0]) : ga,
-          gb.valid() ? sum_to_like(gb, c.inputs[1]) : gb};
+  return {ga.valid() ? sum_to_like(ga, c.inputs[0]) : ga, gb.valid() ? sum_to_like(gb, c.inputs[1]) : gb};
 }
 
 // ---- where, clip, cast kernels ----
@@ -156,8 +290,7 @@ void where_kernel(const KernelContext& c) {
     const scalar_t* bp = b.data<scalar_t>();
     scalar_t* op = out.data<scalar_t>();
     const int64_t inner = bc.inner();
-    const int64_t s0 = bc.strides[0][bc.rank - 1], s1 = bc.strides[1][bc.rank - 1],
-                  s2 = bc.strides[2][bc.rank - 1];
+    const int64_t s0 = bc.strides[0][bc.rank - 1], s1 = bc.strides[1][bc.rank - 1], s2 = bc.strides[2][bc.rank - 1];
     cpu::parallel_for(bc.rows(), inner >= cpu::kGrain ? 1 : cpu::kGrain / (inner ? inner : 1),
                       [&](int64_t r0, int64_t r1) {
                         int64_t off[3];
@@ -189,8 +322,10 @@ void cast_kernel(const KernelContext& c) {
     using in_t = scalar_t;
     KILN_DISPATCH_ALL(y.dtype(), "cast", {
       map_unary<in_t, scalar_t>(x, y, [](in_t v) {
-        if constexpr (std::is_same_v<scalar_t, bool>) return v != in_t(0);
-        else return static_cast<scalar_t>(v);
+        if constexpr (std::is_same_v<scalar_t, bool>)
+          return v != in_t(0);
+        else
+          return static_cast<scalar_t>(v);
       });
     });
   });
@@ -208,14 +343,12 @@ void register_elementwise_ops(OpRegistry& r) {
   add_unary(r, "abs", unary_kernel<Abs, Types::numeric>,
             [=](C c) { return std::vector<Value>{mul(g0(c), unary("sign", x0(c)))}; });
   add_unary(r, "sign", unary_kernel<Sign, Types::numeric>, [](C) { return std::vector<Value>{Value{}}; });
-  add_unary(r, "square", unary_kernel<Square, Types::numeric>, [=](C c) {
-    return std::vector<Value>{mul(g0(c), mul(x0(c), constant_like(2.0, x0(c))))};
-  });
+  add_unary(r, "square", unary_kernel<Square, Types::numeric>,
+            [=](C c) { return std::vector<Value>{mul(g0(c), mul(x0(c), constant_like(2.0, x0(c))))}; });
   add_unary(r, "exp", unary_kernel<Exp, Types::floats>, [=](C c) { return std::vector<Value>{mul(g0(c), y0(c))}; });
   add_unary(r, "log", unary_kernel<Log, Types::floats>, [=](C c) { return std::vector<Value>{div(g0(c), x0(c))}; });
-  add_unary(r, "sqrt", unary_kernel<Sqrt, Types::floats>, [=](C c) {
-    return std::vector<Value>{div(mul(g0(c), constant_like(0.5, y0(c))), y0(c))};
-  });
+  add_unary(r, "sqrt", unary_kernel<Sqrt, Types::floats>,
+            [=](C c) { return std::vector<Value>{div(mul(g0(c), constant_like(0.5, y0(c))), y0(c))}; });
   add_unary(r, "rsqrt", unary_kernel<Rsqrt, Types::floats>, [=](C c) {  // d x^-1/2 = -y^3 / 2
     Value y = y0(c);
     return std::vector<Value>{mul(g0(c), mul(constant_like(-0.5, y), mul(y, mul(y, y))))};
@@ -228,8 +361,9 @@ void register_elementwise_ops(OpRegistry& r) {
     Value y = y0(c);
     return std::vector<Value>{mul(g0(c), sub(constant_like(1.0, y), mul(y, y)))};
   });
-  add_unary(r, "relu", unary_kernel<Relu, Types::numeric>,
-            [=](C c) { return std::vector<Value>{c.graph.apply1("relu_grad", {g0(c), x0(c)})}; });
+  add_unary(r, "relu", unary_kernel<Relu, Types::numeric>, [=](C c) {
+    return std::vector<Value>{c.graph.apply1("relu_grad", {g0(c), x0(c)})};
+  });
   add_unary(r, "floor", unary_kernel<Floor, Types::floats>, [](C) { return std::vector<Value>{Value{}}; });
   add_unary(r, "cos", unary_kernel<Cos, Types::floats>,
             [=](C c) { return std::vector<Value>{neg(mul(g0(c), unary("sin", x0(c))))}; });
@@ -237,31 +371,45 @@ void register_elementwise_ops(OpRegistry& r) {
             [=](C c) { return std::vector<Value>{mul(g0(c), unary("cos", x0(c)))}; });
   add_unary(r, "logical_not", unary_kernel<LogicalNot, Types::boolean>, nullptr);
 
-  add_binary(r, "add", binary_kernel<Add, Types::numeric, false>,
-             [](C c) { return to_inputs(c, c.grads[0], c.grads[0]); }, false);
-  add_binary(r, "sub", binary_kernel<Sub, Types::numeric, false>,
-             [](C c) { return to_inputs(c, c.grads[0], neg(c.grads[0])); }, false);
-  add_binary(r, "mul", binary_kernel<Mul, Types::numeric, false>, [](C c) {
-    return to_inputs(c, mul(c.grads[0], c.inputs[1]), mul(c.grads[0], c.inputs[0]));
-  }, false);
-  add_binary(r, "div", binary_kernel<Div, Types::numeric, false>, [](C c) {
-    Value ga = div(c.grads[0], c.inputs[1]);
-    return to_inputs(c, ga, neg(mul(ga, c.outputs[0])));  // d(a/b)/db = -(a/b)/b
-  }, false);
-  add_binary(r, "pow", binary_kernel<Pow, Types::numeric, false>, [](C c) {
-    Value a = c.inputs[0], b = c.inputs[1], g = c.grads[0];
-    Value ga = mul(g, mul(b, binary("pow", a, sub(b, constant_like(1.0, b)))));
-    Value gb = mul(g, mul(c.outputs[0], unary("log", a)));
-    return to_inputs(c, ga, gb);
-  }, false);
-  add_binary(r, "maximum", binary_kernel<Maximum, Types::numeric, false>, [](C c) {
-    Value pick_a = binary("ge", c.inputs[0], c.inputs[1]), z = zeros_like(c.grads[0]);
-    return to_inputs(c, where(pick_a, c.grads[0], z), where(pick_a, z, c.grads[0]));
-  }, false);
-  add_binary(r, "minimum", binary_kernel<Minimum, Types::numeric, false>, [](C c) {
-    Value pick_a = binary("le", c.inputs[0], c.inputs[1]), z = zeros_like(c.grads[0]);
-    return to_inputs(c, where(pick_a, c.grads[0], z), where(pick_a, z, c.grads[0]));
-  }, false);
+  add_binary(
+      r, "add", binary_kernel<Add, Types::numeric, false>, [](C c) { return to_inputs(c, c.grads[0], c.grads[0]); },
+      false);
+  add_binary(
+      r, "sub", binary_kernel<Sub, Types::numeric, false>,
+      [](C c) { return to_inputs(c, c.grads[0], neg(c.grads[0])); }, false);
+  add_binary(
+      r, "mul", binary_kernel<Mul, Types::numeric, false>,
+      [](C c) { return to_inputs(c, mul(c.grads[0], c.inputs[1]), mul(c.grads[0], c.inputs[0])); }, false);
+  add_binary(
+      r, "div", binary_kernel<Div, Types::numeric, false>,
+      [](C c) {
+        Value ga = div(c.grads[0], c.inputs[1]);
+        return to_inputs(c, ga, neg(mul(ga, c.outputs[0])));  // d(a/b)/db = -(a/b)/b
+      },
+      false);
+  add_binary(
+      r, "pow", binary_kernel<Pow, Types::numeric, false>,
+      [](C c) {
+        Value a = c.inputs[0], b = c.inputs[1], g = c.grads[0];
+        Value ga = mul(g, mul(b, binary("pow", a, sub(b, constant_like(1.0, b)))));
+        Value gb = mul(g, mul(c.outputs[0], unary("log", a)));
+        return to_inputs(c, ga, gb);
+      },
+      false);
+  add_binary(
+      r, "maximum", binary_kernel<Maximum, Types::numeric, false>,
+      [](C c) {
+        Value pick_a = binary("ge", c.inputs[0], c.inputs[1]), z = zeros_like(c.grads[0]);
+        return to_inputs(c, where(pick_a, c.grads[0], z), where(pick_a, z, c.grads[0]));
+      },
+      false);
+  add_binary(
+      r, "minimum", binary_kernel<Minimum, Types::numeric, false>,
+      [](C c) {
+        Value pick_a = binary("le", c.inputs[0], c.inputs[1]), z = zeros_like(c.grads[0]);
+        return to_inputs(c, where(pick_a, c.grads[0], z), where(pick_a, z, c.grads[0]));
+      },
+      false);
   add_binary(r, "eq", binary_kernel<Eq, Types::numeric, true>, nullptr, true);
   add_binary(r, "ne", binary_kernel<Ne, Types::numeric, true>, nullptr, true);
   add_binary(r, "lt", binary_kernel<Lt, Types::numeric, true>, nullptr, true);
@@ -288,11 +436,9 @@ void register_elementwise_ops(OpRegistry& r) {
   w.name = "where";
   w.num_inputs = 3;
   w.infer = [](const std::vector<TensorSpec>& in, const Attrs&) {
-    if (in[0].dtype != DType::bool_)
-      throw Error("condition must be bool, got " + std::string(dtype_name(in[0].dtype)));
+    if (in[0].dtype != DType::bool_) throw Error("condition must be bool, got " + std::string(dtype_name(in[0].dtype)));
     if (in[1].dtype != in[2].dtype)
-      throw Error("branches have dtypes " + std::string(dtype_name(in[1].dtype)) + " and " +
-                  dtype_name(in[2].dtype));
+      throw Error("branches have dtypes " + std::string(dtype_name(in[1].dtype)) + " and " + dtype_name(in[2].dtype));
     Shape s = broadcast_shapes(broadcast_shapes(in[0].shape, in[1].shape, "where"), in[2].shape, "where");
     return std::vector<TensorSpec>{{in[1].dtype, s}};
   };
@@ -313,8 +459,10 @@ void register_elementwise_ops(OpRegistry& r) {
   cl.vjp = [](C c) {
     Value x = c.inputs[0];
     Value inside = binary("ge", x, x);  // true unless NaN
-    if (c.attrs().has("min")) inside = binary("logical_and", inside, binary("ge", x, constant_like(c.attrs().f("min"), x)));
-    if (c.attrs().has("max")) inside = binary("logical_and", inside, binary("le", x, constant_like(c.attrs().f("max"), x)));
+    if (c.attrs().has("min"))
+      inside = binary("logical_and", inside, binary("ge", x, constant_like(c.attrs().f("min"), x)));
+    if (c.attrs().has("max"))
+      inside = binary("logical_and", inside, binary("le", x, constant_like(c.attrs().f("max"), x)));
     return std::vector<Value>{where(inside, c.grads[0], zeros_like(c.grads[0]))};
   };
   r.add(std::move(cl));

@@ -16,8 +16,8 @@ using C = const VjpContext&;
 int64_t checked_index(const Tensor& idx, int64_t j, int64_t dim, const char* op, int axis) {
   int64_t k = idx.dtype() == DType::int32 ? idx.data<int32_t>()[j] : idx.data<int64_t>()[j];
   if (k < -dim || k >= dim)
-    throw Error(std::string(op) + ": index " + std::to_string(k) + " is out of bounds for axis " + std::to_string(axis) +
-                " with size " + std::to_string(dim));
+    throw Error(std::string(op) + ": index " + std::to_string(k) + " is out of bounds for axis " +
+                std::to_string(axis) + " with size " + std::to_string(dim));
   return k < 0 ? k + dim : k;
 }
 
@@ -86,8 +86,10 @@ void gather_kernel(const KernelContext& c) {
       int64_t off = 0;
       for (int i = 0; i < r; ++i)
         off += (i == axis ? checked_index(idx, j, big.shape()[axis], "gather", axis) : pos[i]) * bs[i];
-      if (scatter) bp[off] += sp[j];
-      else sp[j] = bp[off];
+      if (scatter)
+        bp[off] += sp[j];
+      else
+        sp[j] = bp[off];
       for (int i = r - 1; i >= 0; --i) {
         if (++pos[i] < idx.shape()[i]) break;
         pos[i] = 0;
@@ -139,9 +141,7 @@ void register_index_ops(OpRegistry& r) {
   tg.shape_only_from = 2;
   tg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
   tg.cpu = take_kernel<true>;
-  tg.vjp = [](C c) {
-    return std::vector<Value>{take(c.grads[0], c.inputs[1], c.attrs().i("axis")), Value{}, Value{}};
-  };
+  tg.vjp = [](C c) { return std::vector<Value>{take(c.grads[0], c.inputs[1], c.attrs().i("axis")), Value{}, Value{}}; };
   r.add(std::move(tg));
 
   OpDef g;
@@ -156,12 +156,14 @@ void register_index_ops(OpRegistry& r) {
       throw Error("gather: indices " + is.str() + " must have the rank of the input " + s.str());
     for (int i = 0; i < s.rank(); ++i)
       if (i != ax && is[i] >= 0 && s[i] >= 0 && is[i] > s[i])
-        throw Error("gather: indices " + is.str() + " are larger than the input " + s.str() + " along axis " + std::to_string(i));
+        throw Error("gather: indices " + is.str() + " are larger than the input " + s.str() + " along axis " +
+                    std::to_string(i));
     return Specs{{in[0].dtype, is}};
   };
   g.cpu = gather_kernel<false>;
   g.vjp = [](C c) {
-    return std::vector<Value>{c.graph.apply1("gather_grad", {c.grads[0], c.inputs[1], c.inputs[0]}, c.attrs()), Value{}};
+    return std::vector<Value>{c.graph.apply1("gather_grad", {c.grads[0], c.inputs[1], c.inputs[0]}, c.attrs()),
+                              Value{}};
   };
   r.add(std::move(g));
 
@@ -182,7 +184,8 @@ void register_index_ops(OpRegistry& r) {
   oh.attrs = {{"num_classes", true}, {"dtype", true}};
   oh.infer = [](const Specs& in, const Attrs& a) {
     check_index_dtype(in[0], "one_hot");
-    if (a.i("num_classes") <= 0) throw Error("one_hot: num_classes must be positive, got " + std::to_string(a.i("num_classes")));
+    if (a.i("num_classes") <= 0)
+      throw Error("one_hot: num_classes must be positive, got " + std::to_string(a.i("num_classes")));
     Shape s = in[0].shape;
     s.push_back(a.i("num_classes"));
     return Specs{{dtype_from_name(a.s("dtype")), s}};

@@ -68,13 +68,22 @@ void matmul_kernel(const KernelContext& c) {
   // Per-batch element offsets of A and B (0 along broadcast batch dims).
   Shape bs_a, bs_b;
   int64_t sa = d.m * d.k, sb = d.k * d.n;
-  for (int i = 0; i < nb; ++i) { bs_a.push_back(0); bs_b.push_back(0); }
+  for (int i = 0; i < nb; ++i) {
+    bs_a.push_back(0);
+    bs_b.push_back(0);
+  }
   {
     int64_t acc_a = sa, acc_b = sb;
     for (int i = nb - 1; i >= 0; --i) {
       int ia = i - (nb - (A.rank() - 2)), ib = i - (nb - (B.rank() - 2));
-      if (ia >= 0) { bs_a[i] = A.shape()[ia] == 1 ? 0 : acc_a; acc_a *= A.shape()[ia]; }
-      if (ib >= 0) { bs_b[i] = B.shape()[ib] == 1 ? 0 : acc_b; acc_b *= B.shape()[ib]; }
+      if (ia >= 0) {
+        bs_a[i] = A.shape()[ia] == 1 ? 0 : acc_a;
+        acc_a *= A.shape()[ia];
+      }
+      if (ib >= 0) {
+        bs_b[i] = B.shape()[ib] == 1 ? 0 : acc_b;
+        acc_b *= B.shape()[ib];
+      }
     }
   }
   int64_t batches = d.batch.numel();
@@ -152,10 +161,19 @@ void register_linalg_ops(OpRegistry& r) {
     Value A = c.inputs[0], B = c.inputs[1], G = c.grads[0];
     bool ta = c.attrs().i("transpose_a", 0), tb = c.attrs().i("transpose_b", 0);
     Value ga, gb;
-    if (!ta && !tb) { ga = matmul(G, B, false, true); gb = matmul(A, G, true, false); }
-    else if (!ta && tb) { ga = matmul(G, B, false, false); gb = matmul(G, A, true, false); }
-    else if (ta && !tb) { ga = matmul(B, G, false, true); gb = matmul(A, G, false, false); }
-    else { ga = matmul(B, G, true, true); gb = matmul(G, A, true, true); }
+    if (!ta && !tb) {
+      ga = matmul(G, B, false, true);
+      gb = matmul(A, G, true, false);
+    } else if (!ta && tb) {
+      ga = matmul(G, B, false, false);
+      gb = matmul(G, A, true, false);
+    } else if (ta && !tb) {
+      ga = matmul(B, G, false, true);
+      gb = matmul(A, G, false, false);
+    } else {
+      ga = matmul(B, G, true, true);
+      gb = matmul(G, A, true, true);
+    }
     return std::vector<Value>{sum_to_like(ga, A), sum_to_like(gb, B)};
   };
   r.add(std::move(mm));

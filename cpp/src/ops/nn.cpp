@@ -98,8 +98,7 @@ void batch_norm_kernel(const KernelContext& c) {
         double mean, var;
         if (c.training) {
           double sum = 0, sq = 0;
-          for (int64_t n = 0; n < l.n; ++n)
-            sum += lanes(in + (n * l.c + ch) * l.s, l.s, [](T v) { return v; });
+          for (int64_t n = 0; n < l.n; ++n) sum += lanes(in + (n * l.c + ch) * l.s, l.s, [](T v) { return v; });
           mean = sum / m;
           const T tm = T(mean);
           for (int64_t n = 0; n < l.n; ++n)
@@ -326,7 +325,8 @@ void register_nn_ops(OpRegistry& r) {
       throw Error("labels must be int64 or int32 class indices, got " + std::string(dtype_name(in[1].dtype)));
     if (z.rank() != 2 || y.rank() != 1 || !dims_compatible(z[0], y[0]))
       throw Error("expects logits (N, C) and labels (N,), got " + z.str() + " and " + y.str());
-    if (in.size() == 3 && (in[2].shape.rank() != 1 || !dims_compatible(in[2].shape[0], z[1]) || in[2].dtype != in[0].dtype))
+    if (in.size() == 3 &&
+        (in[2].shape.rank() != 1 || !dims_compatible(in[2].shape[0], z[1]) || in[2].dtype != in[0].dtype))
       throw Error("class weights must be a " + std::string(dtype_name(in[0].dtype)) + " vector of the " +
                   std::to_string(z[1]) + " classes, got " + in[2].str());
     double s = a.f("label_smoothing", 0.0);

@@ -60,8 +60,8 @@ void sgd_kernel(const KernelContext& c) {
 // outputs param, exp_avg, exp_avg_sq, max_exp_avg_sq (untouched without amsgrad).
 template <class T, bool amsgrad, bool decoupled>
 void adam_loop(const KernelContext& c, double b1, double b2, double eps, double wd) {
-  const T *p = c.input(0).data<T>(), *g = c.input(1).data<T>(), *m = c.input(2).data<T>(),
-          *v = c.input(3).data<T>(), *vmax = c.input(4).data<T>();
+  const T *p = c.input(0).data<T>(), *g = c.input(1).data<T>(), *m = c.input(2).data<T>(), *v = c.input(3).data<T>(),
+          *vmax = c.input(4).data<T>();
   const T lr = scalar_in<T>(c, 5);
   const double t = scalar_in<T>(c, 6);
   const T step_size = T(lr / (1 - std::pow(b1, t))), inv_bc2_sqrt = T(1 / std::sqrt(1 - std::pow(b2, t)));
@@ -72,8 +72,10 @@ void adam_loop(const KernelContext& c, double b1, double b2, double eps, double 
     KILN_NO_ALIAS_ACROSS_ELEMENTS
     for (int64_t i = b; i < e; ++i) {
       T pi = p[i], gi = g[i];
-      if constexpr (decoupled) pi *= decay;  // AdamW
-      else gi += l2 * pi;                    // Adam's L2 penalty
+      if constexpr (decoupled)
+        pi *= decay;  // AdamW
+      else
+        gi += l2 * pi;  // Adam's L2 penalty
       T mi = B1 * m[i] + (T(1) - B1) * gi;
       T vi = B2 * v[i] + (T(1) - B2) * gi * gi;
       T vhat = vi;
@@ -92,10 +94,14 @@ void adam_kernel(const KernelContext& c) {
                wd = c.attrs.f("weight_decay", 0);
   const bool amsgrad = c.attrs.i("amsgrad", 0), decoupled = c.attrs.i("decoupled", 0);
   KILN_DISPATCH_FLOAT(c.input(0).dtype(), "adam_update", {
-    if (amsgrad && decoupled) adam_loop<scalar_t, true, true>(c, b1, b2, eps, wd);
-    else if (amsgrad) adam_loop<scalar_t, true, false>(c, b1, b2, eps, wd);
-    else if (decoupled) adam_loop<scalar_t, false, true>(c, b1, b2, eps, wd);
-    else adam_loop<scalar_t, false, false>(c, b1, b2, eps, wd);
+    if (amsgrad && decoupled)
+      adam_loop<scalar_t, true, true>(c, b1, b2, eps, wd);
+    else if (amsgrad)
+      adam_loop<scalar_t, true, false>(c, b1, b2, eps, wd);
+    else if (decoupled)
+      adam_loop<scalar_t, false, true>(c, b1, b2, eps, wd);
+    else
+      adam_loop<scalar_t, false, false>(c, b1, b2, eps, wd);
   });
 }
 
@@ -170,10 +176,12 @@ void add_update(OpRegistry& r, const std::string& name, std::vector<AttrSpec> at
     const TensorSpec& p = in[0];
     if (!is_floating(p.dtype)) throw Error("parameters must be float, got " + p.str());
     for (int i = 1; i < 2 + slots; ++i)
-      if (!(in[i] == p)) throw Error("gradient and slots must match the parameter " + p.str() + ", got " + specs_str(in));
+      if (!(in[i] == p))
+        throw Error("gradient and slots must match the parameter " + p.str() + ", got " + specs_str(in));
     for (int i = 2 + slots; i < 4 + slots; ++i)
       if (in[i].dtype != p.dtype || in[i].shape.numel() != 1)
-        throw Error("lr and step must be one-element " + std::string(dtype_name(p.dtype)) + " tensors, got " + in[i].str());
+        throw Error("lr and step must be one-element " + std::string(dtype_name(p.dtype)) + " tensors, got " +
+                    in[i].str());
     return Specs(1 + slots, p);
   };
   d.cpu = k;

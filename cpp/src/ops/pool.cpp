@@ -40,7 +40,8 @@ bool is_adaptive(Mode m) { return m == Mode::adaptive_max || m == Mode::adaptive
 PoolGeom make_pool(const Shape& x, const Attrs& a, Mode mode, const char* op) {
   PoolGeom g;
   g.sp = x.rank() - 2;
-  if (g.sp < 1 || g.sp > 3) throw Error(std::string(op) + ": expects a 3-, 4- or 5-d input (N, C, ...), got " + x.str());
+  if (g.sp < 1 || g.sp > 3)
+    throw Error(std::string(op) + ": expects a 3-, 4- or 5-d input (N, C, ...), got " + x.str());
   g.planes = x[0] < 0 || x[1] < 0 ? kUnknownDim : x[0] * x[1];
   auto vec = [&](const char* name) {
     const auto& v = a.ints(name);
@@ -70,7 +71,8 @@ PoolGeom make_pool(const Shape& x, const Attrs& a, Mode mode, const char* op) {
       continue;
     }
     if (g.in[j] + 2 * g.pad[j] < g.ker[j])
-      throw Error(std::string(op) + ": kernel " + std::to_string(g.ker[j]) + " is larger than the padded input " + x.str());
+      throw Error(std::string(op) + ": kernel " + std::to_string(g.ker[j]) + " is larger than the padded input " +
+                  x.str());
     g.out[j] = pool_out_size(g.in[j], g.ker[j], g.stride[j], g.pad[j], a.i("ceil_mode", 0) != 0);
   }
   return g;
@@ -249,7 +251,7 @@ template <bool backward>
 void upsample_kernel(const KernelContext& c) {
   const Tensor& src = c.input(0);
   Tensor& dst = c.output(0);
-  const Tensor& big = backward ? src : dst;   // the upsampled side
+  const Tensor& big = backward ? src : dst;  // the upsampled side
   const Tensor& small = backward ? dst : src;
   const int sp = small.rank() - 2;
   int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
@@ -294,9 +296,12 @@ void upsample_kernel(const KernelContext& c) {
                   for (int e = 0; e < 2; ++e) {
                     double we = e ? lw.w1 : 1 - lw.w1;
                     if (we == 0) continue;
-                    int64_t i = pl * I + ((a ? ld.i1 : ld.i0) * in[1] + (b ? lh.i1 : lh.i0)) * in[2] + (e ? lw.i1 : lw.i0);
-                    if (backward) d[i] += scalar_t(gy * wa * wb * we);
-                    else acc += wa * wb * we * s[i];
+                    int64_t i =
+                        pl * I + ((a ? ld.i1 : ld.i0) * in[1] + (b ? lh.i1 : lh.i0)) * in[2] + (e ? lw.i1 : lw.i0);
+                    if (backward)
+                      d[i] += scalar_t(gy * wa * wb * we);
+                    else
+                      acc += wa * wb * we * s[i];
                   }
                 }
               }
@@ -325,8 +330,7 @@ void add_pool(OpRegistry& r, const std::string& name, Mode mode, KernelFn k) {
   d.cpu = k;
   d.vjp = [mode, is_max](C c) {
     if (!c.grads[0].valid()) return std::vector<Value>{Value{}};
-    if (is_max)
-      return std::vector<Value>{c.graph.apply1("max_pool_grad", {c.grads[0], c.outputs[1], c.inputs[0]})};
+    if (is_max) return std::vector<Value>{c.graph.apply1("max_pool_grad", {c.grads[0], c.outputs[1], c.inputs[0]})};
     return std::vector<Value>{c.graph.apply1(mode == Mode::avg ? "avg_pool_grad" : "adaptive_avg_pool_grad",
                                              {c.grads[0], c.inputs[0]}, c.attrs())};
   };
@@ -365,7 +369,8 @@ void register_pool_ops(OpRegistry& r) {
     ag.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
     ag.cpu = adaptive ? avg_pool_grad_kernel<Mode::adaptive_avg> : avg_pool_grad_kernel<Mode::avg>;
     ag.vjp = [adaptive](C c) {  // linear: the pooling itself
-      return std::vector<Value>{c.graph.apply(adaptive ? "adaptive_avg_pool" : "avg_pool", {c.grads[0]}, c.attrs())[0], Value{}};
+      return std::vector<Value>{c.graph.apply(adaptive ? "adaptive_avg_pool" : "avg_pool", {c.grads[0]}, c.attrs())[0],
+                                Value{}};
     };
     r.add(std::move(ag));
   }
@@ -390,7 +395,9 @@ void register_pool_ops(OpRegistry& r) {
     return Specs{{in[0].dtype, out}};
   };
   up.cpu = upsample_kernel<false>;
-  up.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("upsample_grad", {c.grads[0], c.inputs[0]}, c.attrs())}; };
+  up.vjp = [](C c) {
+    return std::vector<Value>{c.graph.apply1("upsample_grad", {c.grads[0], c.inputs[0]}, c.attrs())};
+  };
   r.add(std::move(up));
 
   OpDef ug;

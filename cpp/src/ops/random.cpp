@@ -1,8 +1,9 @@
 // Random sources: uniform and normal draws from the counter-based streams of cpu/random.h.
+#include "cpu/random.h"
+
 #include <cmath>
 
 #include "cpu/parallel.h"
-#include "cpu/random.h"
 #include "ops/common.h"
 
 namespace kiln {
@@ -14,8 +15,10 @@ using cpu::splitmix64;
 
 template <class T>
 inline T unit(uint64_t bits) {  // uniform in [0, 1)
-  if constexpr (std::is_same_v<T, float>) return cpu::unit_float(bits);
-  else return cpu::unit_double(bits);
+  if constexpr (std::is_same_v<T, float>)
+    return cpu::unit_float(bits);
+  else
+    return cpu::unit_double(bits);
 }
 
 template <bool gaussian>
@@ -46,7 +49,10 @@ void register_random_ops(OpRegistry& r) {
   for (bool gaussian : {false, true}) {
     OpDef d;
     d.name = gaussian ? "normal" : "uniform";
-    d.attrs = {{"shape", true}, {"dtype", true}, {"seed", true}, {gaussian ? "mean" : "low", true},
+    d.attrs = {{"shape", true},
+               {"dtype", true},
+               {"seed", true},
+               {gaussian ? "mean" : "low", true},
                {gaussian ? "std" : "high", true}};
     d.num_inputs = -1;  // none, or one whose shape the draw takes
     d.shape_only_from = 0;

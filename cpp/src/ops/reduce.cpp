@@ -11,30 +11,55 @@ using namespace ops;
 
 namespace {
 
-template <class T> struct Acc { using type = T; };
-template <> struct Acc<float> { using type = double; };  // float32 sums accumulate in double
+template <class T>
+struct Acc {
+  using type = T;
+};
+template <>
+struct Acc<float> {
+  using type = double;
+};  // float32 sums accumulate in double
 
 struct SumOp {
-  template <class A> static A init() { return A(0); }
-  template <class A> static A apply(A acc, A v) { return acc + v; }
+  template <class A>
+  static A init() {
+    return A(0);
+  }
+  template <class A>
+  static A apply(A acc, A v) {
+    return acc + v;
+  }
 };
 struct ProdOp {
-  template <class A> static A init() { return A(1); }
-  template <class A> static A apply(A acc, A v) { return acc * v; }
+  template <class A>
+  static A init() {
+    return A(1);
+  }
+  template <class A>
+  static A apply(A acc, A v) {
+    return acc * v;
+  }
 };
 struct MaxOp {
-  template <class A> static A init() {
+  template <class A>
+  static A init() {
     return std::numeric_limits<A>::has_infinity ? -std::numeric_limits<A>::infinity()
                                                 : std::numeric_limits<A>::lowest();
   }
-  template <class A> static A apply(A acc, A v) { return (v > acc || v != v) ? v : acc; }
+  template <class A>
+  static A apply(A acc, A v) {
+    return (v > acc || v != v) ? v : acc;
+  }
 };
 struct MinOp {
-  template <class A> static A init() {
-    return std::numeric_limits<A>::has_infinity ? std::numeric_limits<A>::infinity()
-                                                : std::numeric_limits<A>::max();
+  template <class A>
+  static A init() {
+    return std::numeric_limits<A>::has_infinity ? std::numeric_limits<A>::infinity() : std::numeric_limits<A>::max();
   }
-  template <class A> static A apply(A acc, A v) { return (v < acc || v != v) ? v : acc; }
+  template <class A>
+  static A apply(A acc, A v) {
+    return (v < acc || v != v) ? v : acc;
+  }
 };
 
 // Op over n contiguous values, in 8 independent lanes so that the loop vectorizes (a single
@@ -106,17 +131,17 @@ void reduce_into(const Tensor& x, const std::vector<bool>& mask, Tensor& out, do
     } else {
       cpu::parallel_for(outer, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, red * inner)),
                         [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          T* orow = o + i * inner;
-          for (int64_t k = 0; k < inner; ++k) orow[k] = Op::template init<T>();
-          for (int64_t r = 0; r < red; ++r) {
-            const T* row = in + (i * red + r) * inner;
-            for (int64_t k = 0; k < inner; ++k) orow[k] = Op::apply(orow[k], row[k]);
-          }
-          if (sc != A(1))
-            for (int64_t k = 0; k < inner; ++k) orow[k] = static_cast<T>(orow[k] * sc);
-        }
-      });
+                          for (int64_t i = b; i < e; ++i) {
+                            T* orow = o + i * inner;
+                            for (int64_t k = 0; k < inner; ++k) orow[k] = Op::template init<T>();
+                            for (int64_t r = 0; r < red; ++r) {
+                              const T* row = in + (i * red + r) * inner;
+                              for (int64_t k = 0; k < inner; ++k) orow[k] = Op::apply(orow[k], row[k]);
+                            }
+                            if (sc != A(1))
+                              for (int64_t k = 0; k < inner; ++k) orow[k] = static_cast<T>(orow[k] * sc);
+                          }
+                        });
     }
     return;
   }
@@ -210,7 +235,10 @@ void arg_kernel(const KernelContext& c) {
         scalar_t bv = p[0];
         for (int64_t r = 1; r < red && bv == bv; ++r) {  // stops at the first NaN, as numpy
           scalar_t v = p[r * inner];
-          if (v != v || (is_max ? v > bv : v < bv)) { bv = v; best = r; }
+          if (v != v || (is_max ? v > bv : v < bv)) {
+            bv = v;
+            best = r;
+          }
         }
         o[i * inner + k] = best;
       }
@@ -230,8 +258,10 @@ std::vector<TensorSpec> infer_reduce(const std::vector<TensorSpec>& in, const At
   Shape out;
   for (int i = 0; i < s.rank(); ++i) {
     bool r = std::binary_search(axes.begin(), axes.end(), i);
-    if (!r) out.push_back(s[i]);
-    else if (keep) out.push_back(1);
+    if (!r)
+      out.push_back(s[i]);
+    else if (keep)
+      out.push_back(1);
   }
   return {TensorSpec{in[0].dtype, out}};
 }
@@ -281,12 +311,10 @@ void register_reduce_ops(OpRegistry& r) {
   st.shape_only_from = 1;
   st.infer = [](const std::vector<TensorSpec>& in, const Attrs&) {
     const Shape &x = in[0].shape, &to = in[1].shape;
-    if (to.rank() > x.rank())
-      throw Error("cannot reduce " + x.str() + " to the larger rank of " + to.str());
+    if (to.rank() > x.rank()) throw Error("cannot reduce " + x.str() + " to the larger rank of " + to.str());
     for (int i = 0; i < to.rank(); ++i) {
       int64_t dx = x[i + x.rank() - to.rank()];
-      if (to[i] != 1 && !dims_compatible(dx, to[i]))
-        throw Error("cannot reduce " + x.str() + " to " + to.str());
+      if (to[i] != 1 && !dims_compatible(dx, to[i])) throw Error("cannot reduce " + x.str() + " to " + to.str());
     }
     return std::vector<TensorSpec>{{in[0].dtype, to}};
   };
@@ -302,8 +330,10 @@ void register_reduce_ops(OpRegistry& r) {
     d.infer = [](const std::vector<TensorSpec>& in, const Attrs& a) {
       Shape s = in[0].shape;
       int ax = normalize_axis(a.i("axis"), s.rank(), "argmax");
-      if (a.i("keepdims", 0)) s[ax] = 1;
-      else s.erase(ax);
+      if (a.i("keepdims", 0))
+        s[ax] = 1;
+      else
+        s.erase(ax);
       return std::vector<TensorSpec>{{DType::int64, s}};
     };
     d.cpu = is_max ? arg_kernel<true> : arg_kernel<false>;

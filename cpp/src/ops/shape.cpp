@@ -49,7 +49,8 @@ Specs infer_reshape(const Specs& in, const Attrs& a) {
   if (n < 0) return {TensorSpec{in[0].dtype, out}};  // symbolic input: the -1 stays symbolic
   if (infer_at >= 0) {
     if (known == 0 || n % known != 0)
-      throw Error("reshape: cannot reshape " + s.str() + " (" + std::to_string(n) + " elements) into " + Shape(target).str());
+      throw Error("reshape: cannot reshape " + s.str() + " (" + std::to_string(n) + " elements) into " +
+                  Shape(target).str());
     out[infer_at] = n / known;
   } else if (known != n) {
     throw Error("reshape: cannot reshape " + s.str() + " (" + std::to_string(n) + " elements) into " + out.str());
@@ -60,7 +61,8 @@ Specs infer_reshape(const Specs& in, const Attrs& a) {
 Specs infer_flatten(const Specs& in, const Attrs& a) {
   const Shape& s = in[0].shape;
   if (s.rank() == 0) return {TensorSpec{in[0].dtype, Shape{1}}};
-  int b = normalize_axis(a.i("start_dim"), s.rank(), "flatten"), e = normalize_axis(a.i("end_dim"), s.rank(), "flatten");
+  int b = normalize_axis(a.i("start_dim"), s.rank(), "flatten"),
+      e = normalize_axis(a.i("end_dim"), s.rank(), "flatten");
   if (b > e) throw Error("flatten: start_dim " + std::to_string(b) + " is after end_dim " + std::to_string(e));
   Shape out;
   for (int i = 0; i < b; ++i) out.push_back(s[i]);
@@ -77,7 +79,8 @@ Specs infer_squeeze(const Specs& in, const Attrs& a) {
   for (auto it = axes.rbegin(); it != axes.rend(); ++it) {
     int ax = static_cast<int>(*it);
     if (s[ax] > 1)
-      throw Error("squeeze: cannot squeeze axis " + std::to_string(ax) + " of size " + std::to_string(s[ax]) + " in " + in[0].shape.str());
+      throw Error("squeeze: cannot squeeze axis " + std::to_string(ax) + " of size " + std::to_string(s[ax]) + " in " +
+                  in[0].shape.str());
     s.erase(ax);
   }
   return {TensorSpec{in[0].dtype, s}};
@@ -143,8 +146,10 @@ void move_parts(const Tensor& whole, const Tensor* const* parts, int n, int axis
   Tensor w = whole;
   for (int k = 0; k < n; ++k) {
     Tensor p = *parts[k];
-    if (into_whole) cpu::copy_box(p, zero, one, w, start, one, p.shape());
-    else cpu::copy_box(w, start, one, p, zero, one, p.shape());
+    if (into_whole)
+      cpu::copy_box(p, zero, one, w, start, one, p.shape());
+    else
+      cpu::copy_box(w, start, one, p, zero, one, p.shape());
     start[axis] += p.shape()[axis];
   }
 }
@@ -177,7 +182,10 @@ void slice_dim(int64_t dim, int64_t start, int64_t stop, int64_t step, int64_t* 
   if (step == 0) throw Error("slice: step cannot be zero");
   const bool none_start = start == kSliceNone, none_stop = stop == kSliceNone;
   int64_t lo = step > 0 ? 0 : -1, hi = step > 0 ? dim : dim - 1;
-  auto clampi = [&](int64_t v) { if (v < 0) v += dim; return v < lo ? lo : (v > hi ? hi : v); };
+  auto clampi = [&](int64_t v) {
+    if (v < 0) v += dim;
+    return v < lo ? lo : (v > hi ? hi : v);
+  };
   int64_t b = none_start ? (step > 0 ? 0 : dim - 1) : clampi(start);
   int64_t e = none_stop ? (step > 0 ? dim : -1) : clampi(stop);
   int64_t n = step > 0 ? (e - b + step - 1) / step : (b - e + (-step) - 1) / (-step);
@@ -239,7 +247,8 @@ Specs infer_pad(const Specs& in, const Attrs& a) {
   for (int i = 0; i < s.rank(); ++i) {
     if (s[i] < 0) continue;
     out[i] = s[i] + before[i] + after[i];
-    if (out[i] < 0) throw Error("pad: negative padding crops " + s.str() + " below zero along axis " + std::to_string(i));
+    if (out[i] < 0)
+      throw Error("pad: negative padding crops " + s.str() + " below zero along axis " + std::to_string(i));
   }
   return {TensorSpec{in[0].dtype, out}};
 }
@@ -375,9 +384,7 @@ void register_shape_ops(OpRegistry& r) {
   sc.attrs = {{"starts", true}, {"stops", true}, {"steps", true}};
   sc.infer = [](const Specs& in, const Attrs& a) { return Specs{{in[0].dtype, slice_box(in[0].shape, a).extent}}; };
   sc.cpu = slice_kernel;
-  sc.vjp = [](C c) {
-    return std::vector<Value>{c.graph.apply1("slice_grad", {c.grads[0], c.inputs[0]}, c.attrs())};
-  };
+  sc.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("slice_grad", {c.grads[0], c.inputs[0]}, c.attrs())}; };
   r.add(std::move(sc));
 
   OpDef sg;

@@ -66,8 +66,9 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   const uint64_t counter = calls_++;
   for (Step& st : plan.steps) {
     for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
-    KernelContext ctx{*st.attrs, st.in.data(), static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()), counter,
-                      program_->training, plan.scratch->data(), st.workspace};
+    KernelContext ctx{
+        *st.attrs, st.in.data(),       static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()),
+        counter,   program_->training, plan.scratch->data(),           st.workspace};
     try {
       if (profiling_) {
         auto t0 = std::chrono::steady_clock::now();
@@ -143,7 +144,8 @@ std::string Function::str() const {
     const ProgramNode& n = program_->nodes[id];
     os << "%" << id << " = " << n.op->name << "(";
     for (size_t i = 0; i < n.inputs.size(); ++i)
-      os << (i ? ", " : "") << "%" << n.inputs[i].node << (n.inputs[i].index ? ":" + std::to_string(n.inputs[i].index) : "");
+      os << (i ? ", " : "") << "%" << n.inputs[i].node
+         << (n.inputs[i].index ? ":" + std::to_string(n.inputs[i].index) : "");
     os << ")";
     if (!n.attrs.items().empty()) os << " {" << n.attrs.str() << "}";
     os << " -> ";

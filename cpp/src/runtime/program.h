@@ -12,15 +12,15 @@ namespace kiln {
 struct ProgramNode {
   const OpDef* op = nullptr;
   Attrs attrs;
-  std::vector<Edge> inputs;           // edges into Program::nodes
-  std::vector<TensorSpec> outputs;    // symbolic specs
+  std::vector<Edge> inputs;         // edges into Program::nodes
+  std::vector<TensorSpec> outputs;  // symbolic specs
   std::string name, site;
-  Tensor value;                       // constants only
+  Tensor value;  // constants only
 };
 
 struct Program {
-  std::vector<ProgramNode> nodes;     // topological order
-  std::vector<int32_t> inputs;        // node ids of the inputs, in call order
+  std::vector<ProgramNode> nodes;  // topological order
+  std::vector<int32_t> inputs;     // node ids of the inputs, in call order
   std::vector<std::string> input_names, output_names;
   std::vector<Edge> outputs;
   std::vector<std::pair<std::string, Edge>> updates;  // variable name <- value
@@ -44,7 +44,7 @@ struct Step {
   std::vector<const Tensor*> in;
   std::vector<Tensor*> out;
   std::vector<std::pair<int, TensorSpec>> fresh;  // outputs allocated anew each call
-  size_t workspace = 0;                            // scratch bytes (Plan::scratch holds the most)
+  size_t workspace = 0;                           // scratch bytes (Plan::scratch holds the most)
   int32_t node = -1;
 };
 
@@ -55,7 +55,7 @@ struct Plan {
   std::vector<int> input_slots;
   std::vector<std::pair<int, std::string>> variable_slots;
   std::vector<int> output_slots;
-  std::vector<bool> output_fresh;   // false: the output must be copied out (a view or a source)
+  std::vector<bool> output_fresh;  // false: the output must be copied out (a view or a source)
   std::vector<std::pair<std::string, int>> update_slots;
   std::vector<std::shared_ptr<Storage>> buffers;
   std::shared_ptr<Storage> scratch;  // shared by the kernels that need workspace, one at a time
