@@ -20,7 +20,9 @@ class Block(kn.nn.Module):
         self.bn2 = kn.nn.BatchNorm2d(cout)
         self.short = None
         if stride != 1 or cin != cout:
-            self.short = kn.nn.Sequential(kn.nn.Conv2d(cin, cout, 1, stride=stride, bias=False), kn.nn.BatchNorm2d(cout))
+            self.short = kn.nn.Sequential(
+                kn.nn.Conv2d(cin, cout, 1, stride=stride, bias=False), kn.nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: kn.Tensor) -> kn.Tensor:
         y = kn.relu(self.bn1(self.conv1(x)))
@@ -64,7 +66,9 @@ def main() -> float:
     with Timer() as t:
         kn.train.fit(step, loader, epochs, val=(xte, yte), evaluate=evaluate, progress=sys.stderr.isatty())
         predict = kn.function([x], kn.argmax(logits, axis=1), training=False)
-        acc = float(np.mean(np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]) == yte))
+        acc = float(
+            np.mean(np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]) == yte)
+        )
     report("resnet_cifar10", acc, t.seconds)
     return acc
 

@@ -283,3 +283,69 @@ def test_concurrent_calls_from_threads_give_correct_results():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_updates_apply_at_once_reading_old_values():
+    a = kn.Parameter(np.array([1.0, 2.0]), name="a")
+    b = kn.Parameter(np.array([10.0, 20.0]), name="b")
+    x = kn.input("x", (2,))
+    swap = kn.function([x], x * 1, updates=[(a, b), (b, a)])
+    swap(np.zeros(2, np.float32))
+    np.testing.assert_array_equal(a.numpy(), [10, 20])
+    np.testing.assert_array_equal(b.numpy(), [1, 2])
+    # a target network copied from weights that the same call also updates gets the old weights
+    shrink = kn.function([x], x * 1, updates=[(a, kn.reshape(b, (2,))), (b, b * 0.5)])
+    shrink(np.zeros(2, np.float32))
+    np.testing.assert_array_equal(a.numpy(), [1, 2])
+    np.testing.assert_array_equal(b.numpy(), [0.5, 1])
+
+
+def test_target_network_sync_inside_a_training_step():
+    w = kn.Parameter(np.array([1.0]), name="w")
+    target = kn.Parameter(np.array([0.0]), name="target", trainable=False)
+    x = kn.input("x", (1,))
+    loss = kn.sum(w * x)
+    opt = kn.optim.SGD([w], lr=0.3)
+    step = kn.function([x], loss, updates=[(target, w)] + opt.updates(loss))
+    step(np.ones(1, np.float32))
+    np.testing.assert_allclose(target.numpy(), [1.0])  # w before this step's update
+    np.testing.assert_allclose(w.numpy(), [0.7])
+
+
+def test_two_updates_of_one_variable_is_an_error():
+    v = kn.Parameter(np.zeros(2), name="v")
+    x = kn.input("x", (2,))
+    with pytest.raises(kn.Error, match="two updates"):
+        kn.function([x], x, updates=[(v, x + 1), (v, v * 2)])
+
+
+def test_plan_cache_keeps_a_bounded_number_of_shapes():
+    x = kn.input("x", (None, 8))
+    f = kn.function([x], kn.tanh(x))
+    for n in range(1, 30):
+        f(np.ones((n, 8), np.float32))
+    assert f._f.num_plans <= 8
+    np.testing.assert_allclose(f(np.ones((3, 8), np.float32)), np.tanh(np.ones((3, 8))), rtol=1e-6)
+
+
+def test_the_same_output_twice_gives_independent_arrays():
+    x = kn.input("x", (2,))
+    y = x * 2
+    a, b = kn.function([x], [y, y])(np.ones(2, np.float32))
+    a[0] = 100
+    assert b[0] == 2
+
+
+def test_a_failed_call_releases_its_inputs():
+    import weakref
+
+    x = kn.input("x", (3,))
+    i = kn.input("i", (2,), "int64")
+    f = kn.function([x, i], kn.take(x, i))
+    xv = np.zeros(3, np.float32)
+    ref = weakref.ref(xv)
+    with pytest.raises(kn.Error, match="out of bounds"):
+        f(xv, np.array([0, 7]))
+    del xv
+    gc.collect()
+    assert ref() is None

@@ -27,7 +27,9 @@ def test_three_layer_convnet_overfits_100_cifar_images():
     logits = model(x)
     loss = kn.softmax_cross_entropy(logits, y)
     initial = float(kn.function([x, y], loss, training=False)(xv, yv))
-    assert kn.train.check_initial_loss(initial, 10), f"initial loss {initial}, expected about {math.log(10):.2f}"
+    assert kn.train.check_initial_loss(initial, 10), (
+        f"initial loss {initial}, expected about {math.log(10):.2f}"
+    )
     opt = kn.optim.Adam(model.parameters(), lr=1e-3)
     step = kn.function([x, y], loss, updates=opt.updates(loss))
     for _ in range(25):  # epochs of 2 batches of 50

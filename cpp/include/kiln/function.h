@@ -36,8 +36,11 @@ class Function {
   Function& operator=(Function&&) noexcept;
 
   // Inputs by position; returns outputs in order. Safe to call from several threads (calls of
-  // one function are serialised; use one function per thread to run in parallel). Inputs must match the declared dtype
-  // and shape (symbolic dims take any size), else kiln::Error names the input.
+  // one function are serialised; use one function per thread to run in parallel). Updates apply
+  // at once, reading the values of before the call. A call that throws (a bad index, say) may
+  // leave the variables that optimizer steps update in place half-written, as an interrupted
+  // optimizer step would in any framework: restore from a checkpoint after such an error. Inputs must match the
+  // declared dtype and shape (symbolic dims take any size), else kiln::Error names the input.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);
   std::map<std::string, Tensor> operator()(const std::map<std::string, Tensor>& feeds);
 

@@ -16,10 +16,17 @@ class Pool {
   explicit Pool(int n) { resize(n); }
   ~Pool() { stop(); }
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return size_.load(std::memory_order_relaxed); }
+
+  // Safe while other threads run parallel regions: waits for the one in flight.
+  void resize_now(int n) {
+    std::lock_guard<std::mutex> serial(run_mutex_);
+    resize(n);
+  }
 
   void resize(int n) {
     stop();
+    size_.store(n, std::memory_order_relaxed);
     stopping_ = false;
     // A worker counts jobs from the generation of its creation, not of its first instruction
     // (a job posted before the thread runs must not be missed).
@@ -104,6 +111,7 @@ class Pool {
   std::atomic<bool> stopping_flag_{false};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
+  std::atomic<int> size_{1};
   detail::RangeFn call_ = nullptr;
   void* fn_ = nullptr;
   int64_t n_ = 0;
@@ -126,7 +134,7 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
-void set_num_threads(int n) { pool().resize(std::max(1, n)); }
+void set_num_threads(int n) { pool().resize_now(std::max(1, n)); }
 
 namespace detail {
 void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn) { pool().run(n, grain, call, fn); }

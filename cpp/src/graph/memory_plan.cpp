@@ -118,6 +118,9 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   }
   // An update written by an index-aligned op (an optimizer step) that is the variable's last
   // reader goes straight into the variable's memory: no buffer, no copy after the call.
+  // Update values are read after the last step (all updates apply at once, reading old values):
+  // they, and the variables they may be views of, stay alive through the whole call.
+  for (auto& u : p.updates) last_use[root[slot_of[u.second.node][u.second.index]]] = kForever;
   std::vector<int> readers(nslots, 0);
   for (const ProgramNode& node : p.nodes)
     for (const Edge& e : node.inputs) ++readers[slot_of[e.node][e.index]];
@@ -135,7 +138,6 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (last_use[vr] > e.node || (reads_var && !writer.op->elementwise)) continue;
     var_of[s] = name;
   }
-  for (auto& u : p.updates) last_use[root[slot_of[u.second.node][u.second.index]]] = kForever;
   for (int s = 0; s < nslots; ++s)
     external[s] = fresh[s] || !var_of[s].empty() || p.nodes[producer[s]].op->kind == OpKind::source;
 

@@ -183,6 +183,8 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
     if (val.dtype() != var.dtype())
       throw Error("function: the update of '" + vn.name + "' has dtype " + dtype_name(val.dtype()) + ", the variable " +
                   dtype_name(var.dtype()));
+    for (auto& u : p->updates)
+      if (u.first == vn.name) throw Error("function: variable '" + vn.name + "' is given two updates");
     p->updates.push_back({vn.name, val.edge});
   }
   eliminate_dead(*p);

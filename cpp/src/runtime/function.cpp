@@ -47,13 +47,20 @@ Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
     for (size_t i = 0; same && i < inputs.size(); ++i) same = last_plan_->input_shapes[i] == inputs[i].shape();
     if (same) return *last_plan_;
   }
-  for (auto& p : plans_) {
+  for (size_t k = 0; k < plans_.size(); ++k) {
     bool same = true;
-    for (size_t i = 0; same && i < inputs.size(); ++i) same = p->input_shapes[i] == inputs[i].shape();
-    if (same) return *(last_plan_ = p.get());
+    for (size_t i = 0; same && i < inputs.size(); ++i) same = plans_[k]->input_shapes[i] == inputs[i].shape();
+    if (same) {  // move it to the back: the cache evicts from the front
+      std::rotate(plans_.begin() + k, plans_.begin() + k + 1, plans_.end());
+      return *(last_plan_ = plans_.back().get());
+    }
   }
   std::vector<Shape> shapes;
   for (const Tensor& t : inputs) shapes.push_back(t.shape());
+  // Each plan holds its buffers: keep the most recently used few (varying sequence lengths or
+  // image sizes would otherwise grow memory without bound).
+  constexpr size_t kMaxPlans = 8;
+  if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());
   plans_.push_back(make_plan(*program_, shapes));
   return *(last_plan_ = plans_.back().get());
 }
@@ -61,6 +68,15 @@ Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
 std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   std::lock_guard<std::mutex> lock(*mutex_);
   Plan& plan = plan_for(inputs);
+  // Whatever happens, drop references to caller memory and to this call's outputs afterwards.
+  struct Release {
+    Plan& plan;
+    ~Release() {
+      for (int s : plan.input_slots) plan.slots[s] = Tensor();
+      for (size_t i = 0; i < plan.output_slots.size(); ++i)
+        if (plan.output_fresh[i]) plan.slots[plan.output_slots[i]] = Tensor();
+    }
+  } release{plan};
   for (size_t i = 0; i < inputs.size(); ++i) plan.slots[plan.input_slots[i]] = inputs[i].contiguous();
   for (auto& [slot, name] : plan.variable_slots) plan.slots[slot] = program_->variables->get(name);
   const uint64_t counter = calls_++;
@@ -87,17 +103,25 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   out.reserve(plan.output_slots.size());
   for (size_t i = 0; i < plan.output_slots.size(); ++i) {
     const Tensor& t = plan.slots[plan.output_slots[i]];
-    out.push_back(plan.output_fresh[i] ? t : t.clone());
+    bool repeated = false;  // the same value asked for twice: each caller array owns its memory
+    for (size_t j = 0; j < i; ++j) repeated = repeated || plan.output_slots[j] == plan.output_slots[i];
+    out.push_back(plan.output_fresh[i] && !repeated ? t : t.clone());
   }
+  // Updates apply at once: a value that is itself (a view of) a variable is read before any
+  // variable is written (a swap, or a target network copied from weights updated in this call).
+  std::vector<Tensor> values;
+  values.reserve(plan.update_slots.size());
   for (auto& [name, slot] : plan.update_slots) {
-    Tensor& var = program_->variables->get(name);
     const Tensor& v = plan.slots[slot];
-    if (var.raw() != v.raw()) var.copy_from(v);
+    bool is_variable = false;
+    for (auto& [other, unused] : plan.update_slots)
+      is_variable = is_variable || (other != name && program_->variables->get(other).storage() == v.storage());
+    values.push_back(is_variable ? v.clone() : v);
   }
-  // Drop references to caller memory so that feeds can be freed between calls.
-  for (int s : plan.input_slots) plan.slots[s] = Tensor();
-  for (size_t i = 0; i < plan.output_slots.size(); ++i)
-    if (plan.output_fresh[i]) plan.slots[plan.output_slots[i]] = Tensor();
+  for (size_t i = 0; i < values.size(); ++i) {
+    Tensor& var = program_->variables->get(plan.update_slots[i].first);
+    if (var.raw() != values[i].raw()) var.copy_from(values[i]);
+  }
   return out;
 }
 
