@@ -177,3 +177,20 @@ TEST(Conv, MatchesDirectLoopsWithStridePaddingAndGroups) {
           EXPECT_NEAR(out.data<double>()[((n * K + k) * OH + oh) * OW + ow], ref, 1e-12);
         }
 }
+
+#include "cpu/parallel.h"
+
+TEST(ThreadPool, AnErrorInAnyChunkReachesTheCallerAndThePoolKeepsWorking) {
+  for (int64_t bad : {int64_t(10), int64_t(999'999)}) {  // in the caller's chunk, then in a worker's
+    EXPECT_THROW(kiln::cpu::parallel_for(1'000'000, 1000,
+                                         [&](int64_t b, int64_t e) {
+                                           if (b <= bad && bad < e) throw Error("chunk failed");
+                                         }),
+                 Error);
+  }
+  std::vector<int64_t> hits(100'000, 0);
+  kiln::cpu::parallel_for(100'000, 1000, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[i] += 1;
+  });
+  for (int64_t h : hits) ASSERT_EQ(h, 1);
+}

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -54,6 +55,13 @@ class Pool {
       std::unique_lock<std::mutex> lk(mu_);
       done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     }
+    // Every chunk has finished (the body's stack frame is no longer used): rethrow the first error.
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      std::swap(error, error_);
+    }
+    if (error) std::rethrow_exception(error);
   }
 
  private:
@@ -67,9 +75,16 @@ class Pool {
 #endif
   }
 
+  // A throwing body must neither terminate a worker nor leave the region half-waited: the first
+  // error is kept and rethrown by run() once all chunks are done.
   void run_chunk(int c) {
     int64_t b = n_ * c / chunks_, e = n_ * (c + 1) / chunks_;
-    call_(fn_, b, e);
+    try {
+      call_(fn_, b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
   }
 
   void loop(int index, uint64_t seen) {
@@ -112,6 +127,7 @@ class Pool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<int> size_{1};
+  std::exception_ptr error_;  // guarded by mu_
   detail::RangeFn call_ = nullptr;
   void* fn_ = nullptr;
   int64_t n_ = 0;

@@ -50,7 +50,10 @@ void fold_constants(Program& p) {
       foldable = shape_only && src.outputs[n.inputs[i].index].shape.known();
       by_shape = true;
     }
-    if (!foldable || (by_shape && n.outputs[0].shape.numel() > kMaxShapeFold)) continue;
+    // Folding trades run time for a stored (and saved) constant: not for large results.
+    constexpr int64_t kMaxFold = int64_t(1) << 20;
+    const int64_t size = n.outputs[0].shape.numel();
+    if (!foldable || size < 0 || size > kMaxFold || (by_shape && size > kMaxShapeFold)) continue;
     std::vector<Tensor> in;
     for (const Edge& e : n.inputs) {
       const ProgramNode& src = p.nodes[e.node];
