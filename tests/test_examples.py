@@ -70,3 +70,9 @@ def test_convnet_cifar10_short():
 def test_convnet_mnist_short():
     acc = run("convnet_mnist.py", "--train", "5000", "--test", "1000", "--epochs", "1")
     assert acc["convnet_mnist"] > 80  # 50 steps; full run: 99.3%
+
+
+@needs_cifar
+def test_resnet_cifar10_short():
+    acc = run("resnet_cifar10.py", "--train", "3000", "--test", "500", "--epochs", "1")
+    assert acc["resnet_cifar10"] > 15  # 23 steps; full run: 82.9%
