@@ -63,3 +63,24 @@ class Timer:
 
 def report(name: str, accuracy: float, seconds: float) -> None:
     print(f"RESULT {name}: test accuracy {accuracy * 100:.2f}% in {seconds:.1f} s")
+
+
+def train_and_test(
+    name: str, x, y, logits, opt, data, epochs: int, batch: int, seed: int, transform=None
+) -> float:
+    """Trains `logits` (built on inputs x, y) with softmax cross-entropy and `opt` under a cosine
+    schedule, with kn.train.fit; prints and returns the test accuracy. data: (xtr, ytr, xte, yte)."""
+    xtr, ytr, xte, yte = data
+    loss = kn.softmax_cross_entropy(logits, y)
+    kn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(xtr) // batch))
+    step = kn.function([x, y], [loss, logits], updates=opt.updates(loss))
+    evaluate = kn.function([x, y], [loss, logits], training=False)
+    loader = kn.data.DataLoader((xtr, ytr), batch_size=batch, shuffle=True, drop_last=True, seed=seed,
+                                transform=transform)  # fmt: skip
+    with Timer() as t:
+        kn.train.fit(step, loader, epochs, val=(xte, yte), evaluate=evaluate, progress=sys.stderr.isatty())
+        predict = kn.function([x], kn.argmax(logits, axis=1), training=False)
+        pred = np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)])
+    acc = float(np.mean(pred == yte))
+    report(name, acc, t.seconds)
+    return acc

@@ -1,10 +1,7 @@
 """CS231n's three-layer ConvNet on CIFAR-10: conv 32 7x7 - relu - 2x2 max pool - affine 100 -
 relu - affine 10, trained with Adam (assignment 2)."""
 
-import sys
-
-import numpy as np
-from _common import Timer, cifar10, parser, report
+from _common import cifar10, parser, train_and_test
 
 import kiln as kn
 
@@ -23,23 +20,10 @@ def main() -> float:
         kn.nn.Linear(32 * 16 * 16, 100), kn.nn.ReLU(), kn.nn.Linear(100, 10),
     )  # fmt: skip
     logits = model(x)
-    loss = kn.softmax_cross_entropy(logits, y)
     epochs = args.epochs or 8
     opt = kn.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    kn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(xtr) // args.batch))
-    step = kn.function([x, y], [loss, logits], updates=opt.updates(loss))
-    evaluate = kn.function([x, y], [loss, logits], training=False)
-    loader = kn.data.DataLoader(
-        (xtr, ytr), batch_size=args.batch, shuffle=True, drop_last=True, seed=args.seed
-    )
-    with Timer() as t:
-        kn.train.fit(step, loader, epochs, val=(xte, yte), evaluate=evaluate, progress=sys.stderr.isatty())
-        predict = kn.function([x], kn.argmax(logits, axis=1), training=False)
-        acc = float(
-            np.mean(np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]) == yte)
-        )
-    report("convnet_cifar10", acc, t.seconds)
-    return acc
+    data = (xtr, ytr, xte, yte)
+    return train_and_test("convnet_cifar10", x, y, logits, opt, data, epochs, args.batch, args.seed)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 """A small ConvNet on MNIST: two conv-BN-ReLU-pool stages, dropout, a linear classifier."""
 
-import sys
-
-import numpy as np
-from _common import Timer, mnist, parser, report
+from _common import mnist, parser, train_and_test
 
 import kiln as kn
 
@@ -21,21 +18,10 @@ def main() -> float:
         kn.nn.Flatten(), kn.nn.Dropout(0.3), kn.nn.Linear(64 * 7 * 7, 10),
     )  # fmt: skip
     logits = model(x)
-    loss = kn.softmax_cross_entropy(logits, y)
     epochs, batch = args.epochs or 8, 100
     opt = kn.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    kn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(xtr) // batch))
-    step = kn.function([x, y], [loss, logits], updates=opt.updates(loss))
-    evaluate = kn.function([x, y], [loss, logits], training=False)
-    loader = kn.data.DataLoader((xtr, ytr), batch_size=batch, shuffle=True, drop_last=True, seed=args.seed)
-    with Timer() as t:
-        kn.train.fit(step, loader, epochs, val=(xte, yte), evaluate=evaluate, progress=sys.stderr.isatty())
-        predict = kn.function([x], kn.argmax(logits, axis=1), training=False)
-        acc = float(
-            np.mean(np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]) == yte)
-        )
-    report("convnet_mnist", acc, t.seconds)
-    return acc
+    data = (xtr, ytr, xte, yte)
+    return train_and_test("convnet_mnist", x, y, logits, opt, data, epochs, batch, args.seed)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
 """A small ResNet (CIFAR-style: 3 stages of basic blocks, batch norm) on CIFAR-10 with random
 crops and flips, SGD with Nesterov momentum and a cosine schedule."""
 
-import sys
-
-import numpy as np
-from _common import Timer, cifar10, parser, report
+from _common import cifar10, parser, train_and_test
 
 import kiln as kn
 
@@ -54,23 +51,11 @@ def main() -> float:
     x, y = kn.input("x", (None, 3, 32, 32)), kn.input("y", (None,), "int64")
     model = resnet(args.width, args.blocks)
     logits = model(x)
-    loss = kn.softmax_cross_entropy(logits, y)
     epochs = args.epochs or 40
     opt = kn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    kn.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(xtr) // args.batch))
-    step = kn.function([x, y], [loss, logits], updates=opt.updates(loss))
-    evaluate = kn.function([x, y], [loss, logits], training=False)
     augment = kn.data.Compose([kn.data.RandomCrop(32, padding=4), kn.data.RandomHorizontalFlip()])
-    loader = kn.data.DataLoader((xtr, ytr), batch_size=args.batch, shuffle=True, drop_last=True, seed=args.seed,
-                                transform=augment)  # fmt: skip
-    with Timer() as t:
-        kn.train.fit(step, loader, epochs, val=(xte, yte), evaluate=evaluate, progress=sys.stderr.isatty())
-        predict = kn.function([x], kn.argmax(logits, axis=1), training=False)
-        acc = float(
-            np.mean(np.concatenate([predict(xte[i : i + 1000]) for i in range(0, len(xte), 1000)]) == yte)
-        )
-    report("resnet_cifar10", acc, t.seconds)
-    return acc
+    data = (xtr, ytr, xte, yte)
+    return train_and_test("resnet_cifar10", x, y, logits, opt, data, epochs, args.batch, args.seed, augment)
 
 
 if __name__ == "__main__":
