@@ -202,26 +202,27 @@ void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, 
     for (int64_t grp = 0; grp < g.groups; ++grp) {
       im2col(x + n0 * g.c * g.I(), g, grp, nb, col);
       const T* wg = w + grp * kg * ckk;
-      if (nb == 1) {  // the GEMM writes the sample's channels in place
-        cpu::gemm(false, false, kg, P, ckk, T(1), wg, ckk, col, P, T(0), out + (n0 * g.k + grp * kg) * P, P);
+      if (nb == 1) {  // the GEMM writes the sample's channels in place; the bias follows while hot
+        T* o = out + (n0 * g.k + grp * kg) * P;
+        cpu::gemm(false, false, kg, P, ckk, T(1), wg, ckk, col, P, T(0), o, P);
+        if (bias)
+          for (int64_t k = 0; k < kg; ++k)
+            for (int64_t p = 0; p < P; ++p) o[k * P + p] += bias[grp * kg + k];
         continue;
       }
       cpu::gemm(false, false, kg, nb * P, ckk, T(1), wg, ckk, col, nb * P, T(0), ybuf, nb * P);
-      cpu::parallel_for(kg, 1, [&](int64_t k0, int64_t k1) {
-        for (int64_t k = k0; k < k1; ++k)
-          for (int64_t n = 0; n < nb; ++n)
-            std::memcpy(out + ((n0 + n) * g.k + grp * kg + k) * P, ybuf + (k * nb + n) * P, P * sizeof(T));
+      cpu::parallel_for(kg, 1, [&](int64_t k0, int64_t k1) {  // to (N, K, P), adding the bias on the way
+        for (int64_t k = k0; k < k1; ++k) {
+          const T b = bias ? bias[grp * kg + k] : T(0);
+          for (int64_t n = 0; n < nb; ++n) {
+            T* o = out + ((n0 + n) * g.k + grp * kg + k) * P;
+            const T* y = ybuf + (k * nb + n) * P;
+            for (int64_t p = 0; p < P; ++p) o[p] = y[p] + b;
+          }
+        }
       });
     }
   }
-  if (bias)
-    cpu::parallel_for(g.n * g.k, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        T* o = out + r * P;
-        const T b = bias[r % g.k];
-        for (int64_t p = 0; p < P; ++p) o[p] += b;
-      }
-    });
 }
 
 // dx = conv^T(gy, w): also the transposed convolution's forward.
