@@ -44,19 +44,8 @@ void dropout_kernel(const KernelContext& c) {  // also the gradient: the same ma
 
 // ---- batch norm over axis 1 of (N, C, ...) ----
 
-// sum of f(x[i]) over a row, in 8 independent lanes so that the loop vectorizes; the row's
+// sum of f(x[i], y[i]) (or of f(x[i])) over a row, in 8 independent lanes so that the loop vectorizes; the row's
 // partial sum is returned in double (rows are short enough for float lanes to stay accurate).
-template <class T, class F>
-double lanes(const T* x, int64_t n, F f) {
-  T acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += f(x[i + j]);
-  double s = 0;
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  for (; i < n; ++i) s += f(x[i]);
-  return s;
-}
 template <class T, class F>
 double lanes2(const T* x, const T* y, int64_t n, F f) {
   T acc[8] = {};
@@ -67,6 +56,10 @@ double lanes2(const T* x, const T* y, int64_t n, F f) {
   for (int j = 0; j < 8; ++j) s += acc[j];
   for (; i < n; ++i) s += f(x[i], y[i]);
   return s;
+}
+template <class T, class F>
+double lanes(const T* x, int64_t n, F f) {
+  return lanes2(x, x, n, [&f](T v, T) { return f(v); });
 }
 
 struct ChannelLayout {

@@ -67,12 +67,17 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
+    def _named(self, tables: tuple[str, ...], prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """(dotted name, entry) of the given tables ("_parameters", "_buffers") of every module."""
+        for mod_name, m in self.named_modules(prefix):
+            for table in tables:
+                for name, v in getattr(m, table).items():
+                    if v is not None:
+                        yield (f"{mod_name}.{name}" if mod_name else name), v
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter) of every trainable parameter, as torch names them."""
-        for mod_name, m in self.named_modules(prefix):
-            for name, p in m._parameters.items():
-                if p is not None:
-                    yield (f"{mod_name}.{name}" if mod_name else name), p
+        yield from self._named(("_parameters",), prefix)
 
     def parameters(self) -> list[Parameter]:
         """The trainable parameters, each once."""
@@ -84,10 +89,7 @@ class Module:
         return out
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        for mod_name, m in self.named_modules(prefix):
-            for name, b in m._buffers.items():
-                if b is not None:
-                    yield (f"{mod_name}.{name}" if mod_name else name), b
+        yield from self._named(("_buffers",), prefix)
 
     def buffers(self) -> list[Parameter]:
         return [b for _, b in self.named_buffers()]
@@ -95,13 +97,7 @@ class Module:
     # ---- state ----
 
     def _state_items(self) -> list[tuple[str, Parameter]]:
-        items = []
-        for mod_name, m in self.named_modules():
-            for table in (m._parameters, m._buffers):
-                for name, v in table.items():
-                    if v is not None:
-                        items.append(((f"{mod_name}.{name}" if mod_name else name), v))
-        return items
+        return list(self._named(("_parameters", "_buffers")))
 
     def state_dict(self) -> OrderedDict:
         """{dotted name: numpy array copy} of parameters and buffers, with PyTorch's key names."""
