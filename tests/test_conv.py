@@ -7,11 +7,13 @@ functional forms and PyTorch's defaults, a ConvNet that overfits, and kn.summary
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 
 import numpy as np
 import pytest
 from op_table_conv import (
+    _t,
     np_adaptive_avg_pool,
     np_avg_pool,
     np_channel_shuffle,
@@ -258,40 +260,79 @@ def test_upsample_grad_second_derivative():
 
 
 # ---------------------------------------------------------------------------------------------
-# A batch larger than the engine's convolution workspace (8M elements): several chunks
+# The engine's two convolution algorithms and their tiling: im2col + GEMM over tiles of output rows
+# (tiles that split a sample, and tiles that span samples), and, for stride 1 with >= 16 channels a
+# group on images large enough, one GEMM per kernel tap over a padded grid (several tiles of samples
+# spread over the threads). Forward, both gradients and the transposed convolution against numpy.
 # ---------------------------------------------------------------------------------------------
 
 
-def test_conv_over_several_workspace_chunks():
-    """(C kh kw + K) * H' W' = (9 + 2) * 16 elements a sample: 50,000 samples are two chunks."""
+def np_conv_weight_grad(x, g, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """dw[k, c, t] = sum over n and output positions o of g[n, k, o] * x_padded[n, c, o s + t d]."""
+    nd = x.ndim - 2
+    s, d, p = _t(stride, nd), _t(dilation, nd), _t(padding, nd)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(v, v) for v in p])
+    dw = np.zeros(w_shape)
+    kg, cg = w_shape[0] // groups, w_shape[1]
+    for t in itertools.product(*[range(k) for k in w_shape[2:]]):
+        window = tuple(
+            slice(t[i] * d[i], t[i] * d[i] + s[i] * (g.shape[2 + i] - 1) + 1, s[i]) for i in range(nd)
+        )
+        for grp in range(groups):
+            xs = xp[(slice(None), slice(grp * cg, (grp + 1) * cg)) + window]
+            gs = g[:, grp * kg : (grp + 1) * kg]
+            axes = [0] + list(range(2, 2 + nd))
+            dw[(slice(grp * kg, (grp + 1) * kg), slice(None)) + t] = np.tensordot(gs, xs, axes=(axes, axes))
+    return dw
+
+
+ALGORITHM_CASES = {
+    # 50,000 one-channel samples: im2col tiles span many samples
+    "im2col, tiles across samples": ((50_000, 1, 4, 4), (2, 1, 3, 3), dict(padding=1)),
+    # 200 columns x 40 outputs a row: a tile holds 32 of a sample's 40 rows
+    "im2col, tiles within a sample": ((3, 8, 40, 40), (6, 8, 5, 5), dict(padding=2)),
+    "im2col, stride 2": ((4, 16, 31, 29), (8, 16, 3, 3), dict(stride=2, padding=1)),
+    "shifted, three tiles": ((30, 32, 20, 18), (16, 32, 3, 3), dict(padding=1)),
+    "shifted, groups and dilation": (
+        (3, 32, 40, 40),
+        (16, 16, 3, 4),
+        dict(padding=(1, 3), dilation=(1, 2), groups=2),
+    ),
+    "shifted, 1-d": ((5, 16, 200), (8, 16, 5), dict(padding=2)),
+    "shifted, 3-d": ((2, 16, 24, 24, 24), (8, 16, 3, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(ALGORITHM_CASES))
+def test_conv_algorithms_and_tiling_match_numpy(case):
+    x_shape, w_shape, kw = ALGORITHM_CASES[case]
     rng = np.random.default_rng(0)
-    xv, wv, bv = (
-        rng.standard_normal((50_000, 1, 4, 4)),
-        rng.standard_normal((2, 1, 3, 3)),
-        rng.standard_normal(2),
-    )
-    gv = rng.standard_normal((50_000, 2, 4, 4))
+    xv, wv, bv = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    conv, conv_t = {3: (kn.conv1d, kn.conv_transpose1d), 4: (kn.conv2d, kn.conv_transpose2d),
+                    5: (kn.conv3d, kn.conv_transpose3d)}[len(x_shape)]  # fmt: skip
     x, w, b = (
-        kn.input("x", xv.shape, "float64"),
-        kn.input("w", wv.shape, "float64"),
-        kn.input("b", (2,), "float64"),
+        kn.input("x", x_shape, "float64"),
+        kn.input("w", w_shape, "float64"),
+        kn.input("b", bv.shape, "float64"),
     )
+    y = conv(x, w, b, **kw)
+    gv = rng.standard_normal(y.shape)
     g = kn.input("g", gv.shape, "float64")
-    y = kn.conv2d(x, w, b, padding=1)
     dx, dw, db = kn.grad(y, [x, w, b], grad_output=g)
-    yt = kn.conv_transpose2d(g, w, padding=1)  # the adjoint, also over the chunks
+    t_kw = {k: v for k, v in kw.items() if k != "padding"}
+    yt = conv_t(g, w, padding=kw.get("padding", 0), **t_kw)  # the adjoint as a layer
     out = kn.function([x, w, b, g], [y, dx, dw, db, yt])(xv, wv, bv, gv)
-    np.testing.assert_allclose(out[0], np_conv(xv, wv, bv, padding=1), rtol=1e-10, atol=1e-10)
-    ref_dx = np_conv_transpose(gv, wv, padding=1)
-    xp = np.pad(xv, [(0, 0), (0, 0), (1, 1), (1, 1)])
-    ref_dw = np.zeros_like(wv)
-    for i in range(3):
-        for j in range(3):
-            ref_dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", gv, xp[:, :, i : i + 4, j : j + 4])
+    np.testing.assert_allclose(out[0], np_conv(xv, wv, bv, **kw), rtol=1e-10, atol=1e-10)
+    ref_dx = np_conv_transpose(gv, wv, **kw)
+    if ref_dx.shape != x_shape:  # stride 2: the rows no output reads get no gradient
+        ref_dx = np.pad(
+            ref_dx, [(0, 0), (0, 0)] + [(0, a - r) for a, r in zip(x_shape[2:], ref_dx.shape[2:])]
+        )
     np.testing.assert_allclose(out[1], ref_dx, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(out[2], ref_dw, rtol=1e-10)
-    np.testing.assert_allclose(out[3], gv.sum(axis=(0, 2, 3)), rtol=1e-10)
-    np.testing.assert_allclose(out[4], ref_dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out[2], np_conv_weight_grad(xv, gv, w_shape, **kw), rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(out[3], gv.sum(axis=tuple(i for i in range(gv.ndim) if i != 1)), rtol=1e-10)
+    if ref_dx.shape == out[4].shape:
+        np.testing.assert_allclose(out[4], ref_dx, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

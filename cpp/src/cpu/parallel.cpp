@@ -12,6 +12,13 @@
 namespace kiln::cpu {
 namespace {
 
+thread_local bool t_in_region = false;  // this thread is running a chunk of a parallel region
+
+struct RegionFlag {
+  RegionFlag() { t_in_region = true; }
+  ~RegionFlag() { t_in_region = false; }
+};
+
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -79,6 +86,7 @@ class Pool {
   // error is kept and rethrown by run() once all chunks are done.
   void run_chunk(int c) {
     int64_t b = n_ * c / chunks_, e = n_ * (c + 1) / chunks_;
+    RegionFlag in_region;
     try {
       call_(fn_, b, e);
     } catch (...) {
@@ -154,6 +162,7 @@ void set_num_threads(int n) { pool().resize_now(std::max(1, n)); }
 
 namespace detail {
 void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn) { pool().run(n, grain, call, fn); }
+bool in_parallel_region() { return t_in_region; }
 }  // namespace detail
 
 }  // namespace kiln::cpu

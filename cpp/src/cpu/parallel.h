@@ -12,14 +12,16 @@ void set_num_threads(int n);
 namespace detail {
 using RangeFn = void (*)(void* fn, int64_t begin, int64_t end);
 void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn);
+bool in_parallel_region();
 }  // namespace detail
 
 // Calls fn(begin, end) on disjoint chunks covering [0, n), in parallel when n is at least
-// 2 * grain. Takes the callable by reference: no allocation.
+// 2 * grain. Takes the callable by reference: no allocation. Inside a parallel region it runs
+// inline, so a kernel that splits its work over threads may call parallel code per part.
 template <typename F>
 void parallel_for(int64_t n, int64_t grain, F&& fn) {
   if (n <= 0) return;
-  if (n < 2 * grain || num_threads() == 1) {
+  if (n < 2 * grain || num_threads() == 1 || detail::in_parallel_region()) {
     fn(int64_t{0}, n);
     return;
   }

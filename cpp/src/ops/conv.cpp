@@ -1,44 +1,22 @@
 // Convolution in 1, 2 or 3 spatial dimensions (one code path: lower ranks are 3-D with size-1
 // dims), as torch.nn.functional: NC[D][H]W input, (K, C/groups, kernel...) weights, stride,
 // padding (begin and end per dim), dilation, groups. Forward, input gradient (also the forward of
-// the transposed convolution) and weight gradient are packed im2col + one BLAS GEMM per group over
-// a chunk of the batch, the chunk sized to a bounded workspace.
+// the transposed convolution) and weight gradient are im2col + BLAS GEMM over cache-sized tiles.
 #include <cstring>
 
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "ops/common.h"
+#include "ops/conv_geom.h"
 
 namespace kiln {
 using namespace ops;
+using namespace conv;
 
 namespace {
 
 using Specs = std::vector<TensorSpec>;
 using C = const VjpContext&;
-
-constexpr int64_t kWorkspaceElems = int64_t(1) << 23;  // 8M elements: 32 MiB of float32
-
-// The geometry of a convolution seen from its "conv" side: `in` is the conv's input (the
-// output of a transposed convolution), `out` its output.
-struct Geom {
-  int sp = 0;
-  int64_t n = 0, c = 0, k = 0, groups = 1;
-  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, ker[3] = {1, 1, 1};
-  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1};
-  int64_t I() const { return in[0] * in[1] * in[2]; }
-  int64_t P() const { return out[0] * out[1] * out[2]; }
-  int64_t kk() const { return ker[0] * ker[1] * ker[2]; }
-  int64_t cg() const { return c / groups; }
-  int64_t kg() const { return k / groups; }
-  int64_t ckk() const { return cg() * kk(); }
-  // Samples per chunk, so that the column buffer and a (kg, chunk) GEMM buffer fit the budget.
-  // Samples per chunk: as many as the workspace budget allows (bigger GEMMs run faster).
-  int64_t chunk() const {
-    return std::max<int64_t>(1, std::min<int64_t>(n, kWorkspaceElems / std::max<int64_t>(1, (ckk() + kg()) * P())));
-  }
-  size_t workspace(size_t elem) const { return static_cast<size_t>((ckk() + kg()) * P() * chunk()) * elem; }
-};
 
 const std::vector<int64_t>& ints_of(const Attrs& a, const char* name, int sp, const char* op) {
   const auto& v = a.ints(name);
@@ -111,173 +89,236 @@ inline void valid_range(int64_t off, int64_t stride, int64_t size, int64_t n_out
   *hi = std::max(*lo, std::min(h, n_out));
 }
 
-// col[r, j] for r = (c, a, b, e) of group `grp` and j = (sample, od, oh, ow) of a chunk. The
-// valid output ranges depend only on the kernel offset, so each row computes them once.
+// The work is cut into tiles of whole output rows (a row: the OW outputs of one (sample, od, oh)),
+// small enough that a tile's im2col columns stay in the L2 cache while its GEMM reads them.
+// Tiles are spread over `parts` threads, each with its own slice of the workspace and
+// single-threaded GEMMs; with one part the inner loops and GEMMs use the whole pool instead.
+
+// Calls fn(n, p, j, len) for each sample n that rows [r0, r1) touch: that sample's output
+// positions [p, p + len) are the tile's columns [j, j + len).
+template <class F>
+void for_each_sample(const Geom& g, int64_t r0, int64_t r1, F&& fn) {
+  const int64_t R = g.rows_per_sample(), OW = g.out[2];
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / R, e = std::min(r1, (n + 1) * R);
+    fn(n, (r - n * R) * OW, (r - r0) * OW, (e - r) * OW);
+    r = e;
+  }
+}
+
+// An output row (sample, od, oh), stepped without divisions.
+struct RowPos {
+  int64_t n, od, oh;
+  RowPos(const Geom& g, int64_t r) : n(r / g.rows_per_sample()), od(r / g.out[1] % g.out[0]), oh(r % g.out[1]) {}
+  void next(const Geom& g) {
+    if (++oh < g.out[1]) return;
+    oh = 0;
+    if (++od < g.out[0]) return;
+    od = 0;
+    ++n;
+  }
+};
+
+// The input row that kernel offset (offd, offh) reads for output row r, or null when it falls in
+// the padding.
 template <class T>
-void im2col(const T* x, const Geom& g, int64_t grp, int64_t nb, T* col) {
-  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2], OH = g.out[1];
-  cpu::parallel_for(g.ckk(), 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t c = grp * g.cg() + r / kk, rem = r % kk;
-      const int64_t a = rem / (g.ker[1] * g.ker[2]), b = (rem / g.ker[2]) % g.ker[1], e = rem % g.ker[2];
-      const int64_t offd = a * g.dil[0] - g.pad[0], offh = b * g.dil[1] - g.pad[1], offw = e * g.dil[2] - g.pad[2];
-      int64_t d_lo, d_hi, h_lo, h_hi, w_lo, w_hi;
-      valid_range(offd, g.stride[0], g.in[0], g.out[0], &d_lo, &d_hi);
-      valid_range(offh, g.stride[1], g.in[1], OH, &h_lo, &h_hi);
-      valid_range(offw, g.stride[2], W, OW, &w_lo, &w_hi);
-      const int64_t sw = g.stride[2], span = w_hi - w_lo;
-      T* row = col + r * nb * P;
-      std::memset(row, 0, static_cast<size_t>(nb * P) * sizeof(T));  // the padding; the rest is overwritten
-      for (int64_t n = 0; n < nb; ++n) {
-        const T* plane = x + (n * g.c + c) * I;
-        for (int64_t od = d_lo; od < d_hi; ++od) {
-          const int64_t id = od * g.stride[0] + offd;
-          for (int64_t oh = h_lo; oh < h_hi; ++oh) {
-            const T* src = plane + (id * g.in[1] + oh * g.stride[1] + offh) * W + offw;
-            T* dst = row + ((n * g.out[0] + od) * OH + oh) * OW;
-            if (sw == 1)
-              for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow] = src[ow];
-            else
-              for (int64_t ow = w_lo; ow < w_lo + span; ++ow) dst[ow] = src[ow * sw];
-          }
+T* input_row(T* x, const Geom& g, int64_t c, const RowPos& r, int64_t offd, int64_t offh) {
+  const int64_t id = r.od * g.stride[0] + offd, ih = r.oh * g.stride[1] + offh;
+  if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) return nullptr;
+  return x + (r.n * g.c + c) * g.I() + (id * g.in[1] + ih) * g.in[2];
+}
+
+// Kernel offsets of im2col row q = (c, a, b, e) of group grp, and the output columns [lo, hi) of a
+// row whose input column lands inside the image.
+struct Tap {
+  int64_t c, offd, offh, offw, lo, hi;
+};
+inline Tap tap_of(const Geom& g, int64_t grp, int64_t q) {
+  const int64_t kk = g.kk(), rem = q % kk;
+  const int64_t a = rem / (g.ker[1] * g.ker[2]), b = (rem / g.ker[2]) % g.ker[1], e = rem % g.ker[2];
+  Tap t{grp * g.cg() + q / kk, a * g.dil[0] - g.pad[0], b * g.dil[1] - g.pad[1], e * g.dil[2] - g.pad[2], 0, 0};
+  valid_range(t.offw, g.stride[2], g.in[2], g.out[2], &t.lo, &t.hi);
+  return t;
+}
+
+// col[q, j] = x at tap q of the tile's output position j, for output rows [r0, r1).
+template <class T>
+void im2col(const T* x, const Geom& g, int64_t grp, int64_t r0, int64_t r1, T* col) {
+  const int64_t OW = g.out[2], sw = g.stride[2], tw = (r1 - r0) * OW;
+  cpu::parallel_for(g.ckk(), 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const Tap t = tap_of(g, grp, q);
+      RowPos pos(g, r0);
+      for (int64_t r = r0; r < r1; ++r, pos.next(g)) {
+        T* dst = col + q * tw + (r - r0) * OW;
+        const T* src = input_row(x, g, t.c, pos, t.offd, t.offh);
+        if (!src) {
+          std::fill(dst, dst + OW, T(0));
+          continue;
         }
+        src += t.offw;
+        std::fill(dst, dst + t.lo, T(0));
+        if (sw == 1)
+          for (int64_t ow = t.lo; ow < t.hi; ++ow) dst[ow] = src[ow];
+        else
+          for (int64_t ow = t.lo; ow < t.hi; ++ow) dst[ow] = src[ow * sw];
+        std::fill(dst + t.hi, dst + OW, T(0));
       }
     }
   });
 }
 
-// The adjoint of im2col: x[...] += col[r, j]. Threads own whole channels, so no two write alike.
+// The adjoint of im2col: x += col scattered back. Threads own whole channels, so no two write alike.
 template <class T>
-void col2im(const T* col, const Geom& g, int64_t grp, int64_t nb, T* x) {
-  const int64_t kk = g.kk(), P = g.P(), I = g.I(), W = g.in[2], OW = g.out[2], OH = g.out[1];
+void col2im(const T* col, const Geom& g, int64_t grp, int64_t r0, int64_t r1, T* x) {
+  const int64_t kk = g.kk(), OW = g.out[2], sw = g.stride[2], tw = (r1 - r0) * OW;
   cpu::parallel_for(g.cg(), 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t cl = c0; cl < c1; ++cl)
-      for (int64_t rem = 0; rem < kk; ++rem) {
-        const int64_t r = cl * kk + rem, c = grp * g.cg() + cl;
-        const int64_t a = rem / (g.ker[1] * g.ker[2]), b = (rem / g.ker[2]) % g.ker[1], e = rem % g.ker[2];
-        const int64_t offd = a * g.dil[0] - g.pad[0], offh = b * g.dil[1] - g.pad[1], offw = e * g.dil[2] - g.pad[2];
-        int64_t d_lo, d_hi, h_lo, h_hi, w_lo, w_hi;
-        valid_range(offd, g.stride[0], g.in[0], g.out[0], &d_lo, &d_hi);
-        valid_range(offh, g.stride[1], g.in[1], OH, &h_lo, &h_hi);
-        valid_range(offw, g.stride[2], W, OW, &w_lo, &w_hi);
-        const int64_t sw = g.stride[2];
-        const T* row = col + r * nb * P;
-        for (int64_t n = 0; n < nb; ++n) {
-          T* plane = x + (n * g.c + c) * I;
-          for (int64_t od = d_lo; od < d_hi; ++od) {
-            const int64_t id = od * g.stride[0] + offd;
-            for (int64_t oh = h_lo; oh < h_hi; ++oh) {
-              const T* src = row + ((n * g.out[0] + od) * OH + oh) * OW;
-              T* dst = plane + (id * g.in[1] + oh * g.stride[1] + offh) * W + offw;
-              if (sw == 1)
-                for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow] += src[ow];
-              else
-                for (int64_t ow = w_lo; ow < w_hi; ++ow) dst[ow * sw] += src[ow];
-            }
-          }
-        }
+    for (int64_t q = c0 * kk; q < c1 * kk; ++q) {
+      const Tap t = tap_of(g, grp, q);
+      RowPos pos(g, r0);
+      for (int64_t r = r0; r < r1; ++r, pos.next(g)) {
+        T* dst = input_row(x, g, t.c, pos, t.offd, t.offh);
+        if (!dst) continue;
+        dst += t.offw;
+        const T* src = col + q * tw + (r - r0) * OW;
+        if (sw == 1)
+          for (int64_t ow = t.lo; ow < t.hi; ++ow) dst[ow] += src[ow];
+        else
+          for (int64_t ow = t.lo; ow < t.hi; ++ow) dst[ow * sw] += src[ow];
       }
+    }
   });
 }
 
-// buf[k, n * P + p] <-> t[n0 + n, grp * kg + k, p]: between a (N, K, P) tensor and the GEMM layout.
-template <class T>
-void gather_channels(const T* t, const Geom& g, int64_t grp, int64_t nb, T* buf) {
-  const int64_t P = g.P(), kg = g.kg();
-  cpu::parallel_for(kg, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t n = 0; n < nb; ++n)
-        std::memcpy(buf + (k * nb + n) * P, t + (n * g.k + grp * kg + k) * P, P * sizeof(T));
-  });
+// The workspace slice of each part, and how many parts the planned workspace holds.
+int64_t parts_in(const Geom& g, Pass pass, size_t workspace_bytes, size_t elem) {
+  return std::max<int64_t>(1, static_cast<int64_t>(workspace_bytes / (g.slot_elems(pass) * elem)));
 }
 
 // out[n, k, p] = conv(x, w)[n, k, p] + bias[k]
 template <class T>
-void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws) {
-  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), chunk = g.chunk();
-  T* col = ws;
-  T* ybuf = ws + ckk * P * chunk;
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      im2col(x + n0 * g.c * g.I(), g, grp, nb, col);
-      const T* wg = w + grp * kg * ckk;
-      if (nb == 1) {  // the GEMM writes the sample's channels in place; the bias follows while hot
-        T* o = out + (n0 * g.k + grp * kg) * P;
-        cpu::gemm(false, false, kg, P, ckk, T(1), wg, ckk, col, P, T(0), o, P);
-        if (bias)
-          for (int64_t k = 0; k < kg; ++k)
-            for (int64_t p = 0; p < P; ++p) o[k * P + p] += bias[grp * kg + k];
-        continue;
-      }
-      cpu::gemm(false, false, kg, nb * P, ckk, T(1), wg, ckk, col, nb * P, T(0), ybuf, nb * P);
-      cpu::parallel_for(kg, 1, [&](int64_t k0, int64_t k1) {  // to (N, K, P), adding the bias on the way
-        for (int64_t k = k0; k < k1; ++k) {
-          const T b = bias ? bias[grp * kg + k] : T(0);
-          for (int64_t n = 0; n < nb; ++n) {
-            T* o = out + ((n0 + n) * g.k + grp * kg + k) * P;
-            const T* y = ybuf + (k * nb + n) * P;
-            for (int64_t p = 0; p < P; ++p) o[p] = y[p] + b;
-          }
+void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws, size_t ws_bytes) {
+  if (shifted_applies(g)) return shifted_forward(g, x, w, bias, out, ws, ws_bytes);
+  const int64_t slots = parts_in(g, Pass::forward, ws_bytes, sizeof(T));
+  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();
+  const int64_t total = g.n * g.rows_per_sample(), parts = std::min(slots, (total + rows - 1) / rows);
+  run_parts(parts, [&](int64_t part) {
+    T* col = ws + part * g.slot_elems(Pass::forward);
+    T* buf = col + ckk * g.tile();  // the GEMM's result when a tile spans samples
+    for (int64_t r0 = total * part / parts, end = total * (part + 1) / parts; r0 < end; r0 += rows) {
+      const int64_t r1 = std::min(end, r0 + rows), tw = (r1 - r0) * OW;
+      const bool one_sample = r0 / g.rows_per_sample() == (r1 - 1) / g.rows_per_sample();
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        im2col(x, g, grp, r0, r1, col);
+        const T* wg = w + grp * kg * ckk;
+        T* dst = buf;  // a tile within one sample: the GEMM writes its output in place
+        int64_t ld = tw;
+        if (one_sample) {
+          const int64_t n = r0 / g.rows_per_sample();
+          dst = out + (n * g.k + grp * kg) * P + (r0 - n * g.rows_per_sample()) * OW;
+          ld = P;
         }
-      });
+        cpu::gemm(false, false, kg, tw, ckk, T(1), wg, ckk, col, tw, T(0), dst, ld);
+        for_each_sample(g, r0, r1, [&](int64_t n, int64_t p, int64_t j, int64_t len) {
+          for (int64_t k = 0; k < kg; ++k) {  // to (N, K, P) with the bias, while the tile is in cache
+            const T b = bias ? bias[grp * kg + k] : T(0);
+            T* o = out + (n * g.k + grp * kg + k) * P + p;
+            const T* y = one_sample ? o : buf + k * tw + j;
+            if (bias || !one_sample)
+              for (int64_t i = 0; i < len; ++i) o[i] = y[i] + b;
+          }
+        });
+      }
     }
-  }
+  });
 }
 
-// dx = conv^T(gy, w): also the transposed convolution's forward.
+// dx = conv^T(gy, w): also the transposed convolution's forward. Parts own whole samples (their
+// col2im writes overlap within a sample).
 template <class T>
-void conv_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws) {
-  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), chunk = g.chunk();
-  T* col = ws;
-  T* gbuf = ws + ckk * P * chunk;
-  std::memset(dx, 0, static_cast<size_t>(g.n * g.c * g.I()) * sizeof(T));
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const T* gk = gy + (n0 * g.k + grp * kg) * P;
-      if (nb > 1) {
-        gather_channels(gy + n0 * g.k * P, g, grp, nb, gbuf);
-        gk = gbuf;
+void conv_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, size_t ws_bytes) {
+  if (shifted_applies(g)) return shifted_input_grad(g, gy, w, dx, ws, ws_bytes);
+  const int64_t slots = parts_in(g, Pass::input_grad, ws_bytes, sizeof(T));
+  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows(), R = g.rows_per_sample();
+  const int64_t parts = std::min(slots, g.n);
+  run_parts(parts, [&](int64_t part) {
+    T* col = ws + part * g.slot_elems(Pass::input_grad);
+    const int64_t n0 = g.n * part / parts, n1 = g.n * (part + 1) / parts;
+    std::memset(dx + n0 * g.c * g.I(), 0, static_cast<size_t>((n1 - n0) * g.c * g.I()) * sizeof(T));
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t r0 = n * R; r0 < (n + 1) * R; r0 += rows) {
+        const int64_t r1 = std::min((n + 1) * R, r0 + rows), tw = (r1 - r0) * OW;
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          const T* gk = gy + (n * g.k + grp * kg) * P + (r0 - n * R) * OW;
+          cpu::gemm(true, false, ckk, tw, kg, T(1), w + grp * kg * ckk, ckk, gk, P, T(0), col, tw);
+          col2im(col, g, grp, r0, r1, dx);
+        }
       }
-      cpu::gemm(true, false, ckk, nb * P, kg, T(1), w + grp * kg * ckk, ckk, gk, nb * P, T(0), col, nb * P);
-      col2im(col, g, grp, nb, dx + n0 * g.c * g.I());
-    }
-  }
+  });
 }
 
-// dw = sum over the batch of gy (K, P) @ im2col(x)^T
+// dw = sum over the batch of gy (K, P) @ im2col(x)^T: each part sums its tiles, then the parts add.
 template <class T>
-void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws) {
-  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), chunk = g.chunk();
-  T* col = ws;
-  T* gbuf = ws + ckk * P * chunk;
-  for (int64_t n0 = 0; n0 < g.n; n0 += chunk) {
-    const int64_t nb = std::min(chunk, g.n - n0);
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      im2col(x + n0 * g.c * g.I(), g, grp, nb, col);
-      const T* gk = gy + (n0 * g.k + grp * kg) * P;
-      if (nb > 1) {
-        gather_channels(gy + n0 * g.k * P, g, grp, nb, gbuf);
-        gk = gbuf;
+void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size_t ws_bytes) {
+  if (shifted_applies(g)) return shifted_weight_grad(g, gy, x, dw, ws, ws_bytes);
+  const int64_t slots = parts_in(g, Pass::weight_grad, ws_bytes, sizeof(T));
+  const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();
+  const int64_t total = g.n * g.rows_per_sample(), parts = std::min(slots, (total + rows - 1) / rows);
+  const int64_t slot = g.slot_elems(Pass::weight_grad), wsize = g.k * ckk;
+  auto acc_of = [&](int64_t part) { return ws + part * slot + (ckk + kg) * g.tile(); };
+  run_parts(parts, [&](int64_t part) {
+    T* col = ws + part * slot;
+    T* buf = col + ckk * g.tile();  // the tile's gy when it spans samples
+    T* acc = acc_of(part);
+    const int64_t first = total * part / parts, end = total * (part + 1) / parts;
+    for (int64_t r0 = first; r0 < end; r0 += rows) {
+      const int64_t r1 = std::min(end, r0 + rows), tw = (r1 - r0) * OW;
+      const bool one_sample = r0 / g.rows_per_sample() == (r1 - 1) / g.rows_per_sample();
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        im2col(x, g, grp, r0, r1, col);
+        const T* gk = buf;
+        int64_t ld = tw;
+        for_each_sample(g, r0, r1, [&](int64_t n, int64_t p, int64_t j, int64_t len) {
+          const T* src = gy + (n * g.k + grp * kg) * P + p;
+          if (one_sample) {
+            gk = src;
+            ld = P;
+          } else {
+            for (int64_t k = 0; k < kg; ++k) std::memcpy(buf + k * tw + j, src + k * P, len * sizeof(T));
+          }
+        });
+        cpu::gemm(false, true, kg, ckk, tw, T(1), gk, ld, col, tw, r0 == first ? T(0) : T(1), acc + grp * kg * ckk,
+                  ckk);
       }
-      cpu::gemm(false, true, kg, ckk, nb * P, T(1), gk, nb * P, col, nb * P, n0 == 0 ? T(0) : T(1), dw + grp * kg * ckk,
-                ckk);
     }
+  });
+  if (parts == 0) {
+    std::memset(dw, 0, static_cast<size_t>(wsize) * sizeof(T));
+    return;
   }
-  if (g.n == 0) std::memset(dw, 0, static_cast<size_t>(g.k * g.ckk()) * sizeof(T));
+  cpu::parallel_for(wsize, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T s = acc_of(0)[i];
+      for (int64_t p = 1; p < parts; ++p) s += acc_of(p)[i];
+      dw[i] = s;
+    }
+  });
 }
 
 // ---- the registered ops ----
+
+size_t workspace_of(const Geom& g, Pass pass, size_t elem) {
+  return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
+}
 
 // conv(x, w[, b]) -> y
 void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
   KILN_DISPATCH_FLOAT(x.dtype(), "conv",
-                      conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),
-                                             c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr,
-                                             c.output(0).data<scalar_t>(), static_cast<scalar_t*>(c.workspace)));
+                      conv_forward<scalar_t>(
+                          g, x.data<scalar_t>(), w.data<scalar_t>(), c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr,
+                          c.output(0).data<scalar_t>(), static_cast<scalar_t*>(c.workspace), c.workspace_bytes));
 }
 
 // conv_input_grad(gy, w, x_ref) -> dx ; conv_transpose(x, w[, b]) -> y uses the same kernel with
@@ -289,7 +330,7 @@ void conv_input_grad_kernel(const KernelContext& c) {
   Geom g = make_geom(dx.shape(), w.shape(), c.attrs, "conv_input_grad", &out);
   KILN_DISPATCH_FLOAT(gy.dtype(), "conv_input_grad",
                       conv_input_grad<scalar_t>(g, gy.data<scalar_t>(), w.data<scalar_t>(), dx.data<scalar_t>(),
-                                                static_cast<scalar_t*>(c.workspace)));
+                                                static_cast<scalar_t*>(c.workspace), c.workspace_bytes));
 }
 
 void conv_transpose_kernel(const KernelContext& c) {
@@ -314,7 +355,7 @@ void conv_weight_grad_kernel(const KernelContext& c) {
   Geom g = make_geom(x.shape(), dw.shape(), c.attrs, "conv_weight_grad", &out);
   KILN_DISPATCH_FLOAT(gy.dtype(), "conv_weight_grad",
                       conv_weight_grad<scalar_t>(g, gy.data<scalar_t>(), x.data<scalar_t>(), dw.data<scalar_t>(),
-                                                 static_cast<scalar_t*>(c.workspace)));
+                                                 static_cast<scalar_t*>(c.workspace), c.workspace_bytes));
 }
 
 void check_dtypes(const Specs& in, const char* op) {
@@ -402,7 +443,7 @@ void register_conv_ops(OpRegistry& r) {
   cv.infer = infer_conv;
   cv.cpu = conv_kernel;
   cv.workspace = [](const Specs& in, const Specs&, const Attrs& a) {
-    return make_geom(in[0].shape, in[1].shape, a, "conv").workspace(dtype_size(in[0].dtype));
+    return workspace_of(make_geom(in[0].shape, in[1].shape, a, "conv"), Pass::forward, dtype_size(in[0].dtype));
   };
   cv.vjp = [](C c) {
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
@@ -415,7 +456,7 @@ void register_conv_ops(OpRegistry& r) {
   r.add(std::move(cv));
 
   // The two gradients: (gy, other operand, reference of the result's shape) -> result.
-  auto grad_op = [](const char* name, KernelFn kernel, bool input_side) {
+  auto grad_op = [](const char* name, KernelFn kernel, Pass pass) {
     OpDef d;
     d.name = name;
     d.attrs = conv_attrs();
@@ -423,14 +464,15 @@ void register_conv_ops(OpRegistry& r) {
     d.shape_only_from = 2;
     d.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
     d.cpu = kernel;
-    d.workspace = [name, input_side](const Specs& in, const Specs& out, const Attrs& a) {
+    d.workspace = [name, pass](const Specs& in, const Specs& out, const Attrs& a) {
+      const bool input_side = pass == Pass::input_grad;
       const Shape& x = input_side ? out[0].shape : in[1].shape;  // the conv's input
       const Shape& w = input_side ? in[1].shape : out[0].shape;  // its weight
-      return make_geom(x, w, a, name, &in[0].shape).workspace(dtype_size(in[0].dtype));
+      return workspace_of(make_geom(x, w, a, name, &in[0].shape), pass, dtype_size(in[0].dtype));
     };
     return d;
   };
-  OpDef ig = grad_op("conv_input_grad", conv_input_grad_kernel, true);
+  OpDef ig = grad_op("conv_input_grad", conv_input_grad_kernel, Pass::input_grad);
   ig.vjp = [](C c) {  // linear in gy and in w
     Value gg = c.grads[0], gy = c.inputs[0], w = c.inputs[1];
     std::vector<Value> out(3);
@@ -440,7 +482,7 @@ void register_conv_ops(OpRegistry& r) {
   };
   r.add(std::move(ig));
 
-  OpDef wg = grad_op("conv_weight_grad", conv_weight_grad_kernel, false);
+  OpDef wg = grad_op("conv_weight_grad", conv_weight_grad_kernel, Pass::weight_grad);
   wg.vjp = [](C c) {  // linear in gy and in x
     Value gw = c.grads[0], gy = c.inputs[0], x = c.inputs[1];
     std::vector<Value> out(3);
@@ -458,7 +500,8 @@ void register_conv_ops(OpRegistry& r) {
   ct.infer = infer_conv_transpose;
   ct.cpu = conv_transpose_kernel;
   ct.workspace = [](const Specs& in, const Specs& out, const Attrs& a) {
-    return make_geom(out[0].shape, in[1].shape, a, "conv_transpose", &in[0].shape).workspace(dtype_size(in[0].dtype));
+    return workspace_of(make_geom(out[0].shape, in[1].shape, a, "conv_transpose", &in[0].shape), Pass::input_grad,
+                        dtype_size(in[0].dtype));
   };
   ct.vjp = [](C c) {  // y = conv_input_grad(x, w): its adjoints are a conv and a weight gradient
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];

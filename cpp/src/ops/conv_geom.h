@@ -1,0 +1,75 @@
+#pragma once
+// The geometry of a convolution and how its work is cut, shared by its two CPU algorithms:
+// im2col + GEMM (ops/conv.cpp, any stride) and shifted GEMMs (ops/conv_shifted.cpp, stride 1).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "cpu/parallel.h"
+
+namespace kiln::conv {
+
+// A tile's im2col columns: 256k elements (1 MiB of float32): GEMMs this wide run near their
+// peak, and the columns are still read back from L2 or L3 rather than memory.
+constexpr int64_t kColumnElems = int64_t(1) << 18;
+
+enum class Pass { forward, input_grad, weight_grad };
+
+// The geometry of a convolution seen from its "conv" side: `in` is the conv's input (the
+// output of a transposed convolution), `out` its output.
+struct Geom {
+  int sp = 0;
+  int64_t n = 0, c = 0, k = 0, groups = 1;
+  int64_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1}, ker[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1}, pad[3] = {0, 0, 0}, dil[3] = {1, 1, 1};
+  int64_t I() const { return in[0] * in[1] * in[2]; }
+  int64_t P() const { return out[0] * out[1] * out[2]; }
+  int64_t kk() const { return ker[0] * ker[1] * ker[2]; }
+  int64_t cg() const { return c / groups; }
+  int64_t kg() const { return k / groups; }
+  int64_t ckk() const { return cg() * kk(); }
+  int64_t rows_per_sample() const { return out[0] * out[1]; }
+  // Output rows per tile: as many as keep the tile's im2col columns within kColumnElems.
+  int64_t tile_rows() const {
+    return std::max<int64_t>(1, std::min(n * rows_per_sample(), kColumnElems / std::max<int64_t>(1, ckk() * out[2])));
+  }
+  int64_t tile() const { return tile_rows() * out[2]; }
+  // One part's workspace: the columns, a (kg, tile) buffer unless the input gradient, and the weight
+  // gradient's accumulator; rounded to whole cache lines.
+  int64_t slot_elems(Pass pass) const {
+    int64_t e = ckk() * tile();
+    if (pass != Pass::input_grad) e += kg() * tile();
+    if (pass == Pass::weight_grad) e += k * ckk();
+    return (std::max<int64_t>(e, 1) + 15) / 16 * 16;
+  }
+  // Planned for the pool's size at compile time; a kernel run with more threads uses fewer parts.
+  size_t workspace(Pass pass, size_t elem) const {
+    return static_cast<size_t>(slot_elems(pass) * cpu::num_threads()) * elem;
+  }
+};
+
+// Runs fn(part) for parts in [0, parts) on the pool, each part on one thread. With a single part
+// it runs here, outside any parallel region, so its inner loops and GEMMs use the whole pool.
+template <class F>
+void run_parts(int64_t parts, F&& fn) {
+  if (parts <= 1) {
+    if (parts == 1) fn(int64_t{0});
+    return;
+  }
+  cpu::parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) fn(p);
+  });
+}
+
+// Shifted GEMMs (conv_shifted.cpp): used when every stride is 1 and the groups have enough
+// channels for a GEMM over them to run near peak.
+bool shifted_applies(const Geom& g);
+size_t shifted_workspace(const Geom& g, Pass pass, size_t elem);
+template <class T>
+void shifted_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws, size_t ws_bytes);
+template <class T>
+void shifted_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, size_t ws_bytes);
+template <class T>
+void shifted_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size_t ws_bytes);
+
+}  // namespace kiln::conv
