@@ -335,6 +335,69 @@ def test_conv_algorithms_and_tiling_match_numpy(case):
         np.testing.assert_allclose(out[4], ref_dx, rtol=1e-10, atol=1e-10)
 
 
+# float32, stride 1, rows of >= 12 pixels: the direct kernel (8 filters x 3 vectors of 16 pixels a
+# block) for the forward and, on flipped weights, the input gradient. Cases cover partial vectors
+# (rows of 13 and 20), partial filter blocks (K = 5, 13), groups, depthwise, dilation, even kernels
+# with uneven "same" padding, 1-D, a batch of one (blocks spread over threads) and several samples.
+DIRECT_CASES = {
+    "3x3, rows of 20": ((3, 16, 14, 20), (13, 16, 3, 3), dict(padding=1)),
+    "7x7 first layer": ((2, 3, 32, 32), (32, 3, 7, 7), dict(padding=3)),
+    "batch of one, 5 filters": ((1, 4, 13, 13), (5, 4, 3, 3), dict(padding="same")),
+    "even kernel, dilation 2, same": ((2, 6, 15, 17), (8, 6, 4, 4), dict(padding="same", dilation=2)),
+    "groups": ((2, 8, 12, 16), (12, 4, 3, 3), dict(padding=1, groups=2)),
+    "depthwise": ((2, 8, 12, 16), (8, 1, 5, 5), dict(padding=2, groups=8)),
+    "no padding": ((3, 5, 18, 24), (9, 5, 3, 5), dict()),
+    "1-d": ((4, 6, 40), (10, 6, 5), dict(padding=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRECT_CASES))
+def test_direct_float32_conv_matches_numpy(case):
+    x_shape, w_shape, kw = DIRECT_CASES[case]
+    rng = np.random.default_rng(1)
+    xv, wv, bv = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, (w_shape[0],)))
+    conv, conv_t = (kn.conv1d, kn.conv_transpose1d) if len(x_shape) == 3 else (kn.conv2d, kn.conv_transpose2d)
+    x, w, b = kn.input("x", x_shape), kn.input("w", w_shape), kn.input("b", bv.shape)
+    y = conv(x, w, b, **kw)
+    gv = rng.standard_normal(y.shape).astype(np.float32)
+    g = kn.input("g", gv.shape)
+    dx, dw, db = kn.grad(y, [x, w, b], grad_output=g)
+    out = kn.function([x, w, b, g], [y, dx, dw, db])(xv, wv, bv, gv)
+    x64, w64, g64 = xv.astype(np.float64), wv.astype(np.float64), gv.astype(np.float64)
+    ref_y = np_conv(x64, w64, bv.astype(np.float64), **kw)
+    np.testing.assert_allclose(out[0], ref_y, rtol=1e-4, atol=1e-4)
+    pad = kw.get("padding", 0)
+    if pad == "same":  # the adjoint of torch's uneven "same" padding: pad both sides, crop the end
+        d = kw.get("dilation", 1)
+        total = [d * (k - 1) for k in w_shape[2:]]
+        full = np_conv_transpose(g64, w64, padding=0, dilation=d, groups=kw.get("groups", 1))
+        ref_dx = full[
+            (slice(None), slice(None)) + tuple(slice(t // 2, t // 2 + n) for t, n in zip(total, x_shape[2:]))
+        ]
+    else:
+        ref_dx = np_conv_transpose(g64, w64, **kw)
+    np.testing.assert_allclose(out[1], ref_dx, rtol=1e-4, atol=1e-4)
+    if pad != "same":
+        np.testing.assert_allclose(out[2], np_conv_weight_grad(x64, g64, w_shape, **kw), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        out[3], g64.sum(axis=tuple(i for i in range(gv.ndim) if i != 1)), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_direct_float32_transposed_conv_matches_numpy(padding):
+    """conv_transpose2d with stride 1 runs the direct kernel as its forward."""
+    rng = np.random.default_rng(2)
+    xv, wv = (
+        rng.standard_normal((2, 16, 14, 18)).astype(np.float32),
+        rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
+    )
+    x = kn.input("x", xv.shape)
+    y = kn.conv_transpose2d(x, kn.constant(wv), padding=padding)
+    ref = np_conv_transpose(xv.astype(np.float64), wv.astype(np.float64), padding=padding)
+    np.testing.assert_allclose(kn.function([x], y)(xv), ref, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # kn.nn modules: the functional forms' shapes and values, PyTorch's init and state_dict keys
 # ---------------------------------------------------------------------------------------------

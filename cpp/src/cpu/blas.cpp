@@ -48,7 +48,7 @@ void split_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int 
                 int ldc) {
   single_threaded_blas();
   const int64_t work = int64_t(m) * n * k;
-  constexpr int64_t kMinWork = int64_t(1) << 20;  // below ~1 MFLOP a thread hand-off costs more
+  constexpr int64_t kMinWork = int64_t(1) << 19;  // below ~1 MFLOP a thread hand-off costs more
   if (work < kMinWork || num_threads() == 1 || detail::in_parallel_region() || m == 0 || n == 0) {
     blas(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;

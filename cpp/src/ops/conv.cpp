@@ -3,6 +3,7 @@
 // padding (begin and end per dim), dilation, groups. Forward, input gradient (also the forward of
 // the transposed convolution) and weight gradient are im2col + BLAS GEMM over cache-sized tiles.
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
@@ -198,6 +199,8 @@ int64_t parts_in(const Geom& g, Pass pass, size_t workspace_bytes, size_t elem) 
 // out[n, k, p] = conv(x, w)[n, k, p] + bias[k]
 template <class T>
 void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws, size_t ws_bytes) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct_applies(g, Pass::forward)) return direct_forward(g, x, w, bias, out, ws, ws_bytes);
   if (shifted_applies(g)) return shifted_forward(g, x, w, bias, out, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::forward, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();
@@ -237,6 +240,8 @@ void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, 
 // col2im writes overlap within a sample).
 template <class T>
 void conv_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, size_t ws_bytes) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct_applies(g, Pass::input_grad)) return direct_input_grad(g, gy, w, dx, ws, ws_bytes);
   if (shifted_applies(g)) return shifted_input_grad(g, gy, w, dx, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::input_grad, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows(), R = g.rows_per_sample();
@@ -307,7 +312,10 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size
 
 // ---- the registered ops ----
 
-size_t workspace_of(const Geom& g, Pass pass, size_t elem) {
+// The scratch memory of the algorithm the kernels will pick (in the same order).
+size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
+  if (dtype == DType::float32 && direct_applies(g, pass)) return direct_workspace(g, pass);
+  const size_t elem = dtype_size(dtype);
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
 }
 
@@ -443,7 +451,7 @@ void register_conv_ops(OpRegistry& r) {
   cv.infer = infer_conv;
   cv.cpu = conv_kernel;
   cv.workspace = [](const Specs& in, const Specs&, const Attrs& a) {
-    return workspace_of(make_geom(in[0].shape, in[1].shape, a, "conv"), Pass::forward, dtype_size(in[0].dtype));
+    return workspace_of(make_geom(in[0].shape, in[1].shape, a, "conv"), Pass::forward, in[0].dtype);
   };
   cv.vjp = [](C c) {
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
@@ -468,7 +476,7 @@ void register_conv_ops(OpRegistry& r) {
       const bool input_side = pass == Pass::input_grad;
       const Shape& x = input_side ? out[0].shape : in[1].shape;  // the conv's input
       const Shape& w = input_side ? in[1].shape : out[0].shape;  // its weight
-      return workspace_of(make_geom(x, w, a, name, &in[0].shape), pass, dtype_size(in[0].dtype));
+      return workspace_of(make_geom(x, w, a, name, &in[0].shape), pass, in[0].dtype);
     };
     return d;
   };
@@ -501,7 +509,7 @@ void register_conv_ops(OpRegistry& r) {
   ct.cpu = conv_transpose_kernel;
   ct.workspace = [](const Specs& in, const Specs& out, const Attrs& a) {
     return workspace_of(make_geom(out[0].shape, in[1].shape, a, "conv_transpose", &in[0].shape), Pass::input_grad,
-                        dtype_size(in[0].dtype));
+                        in[0].dtype);
   };
   ct.vjp = [](C c) {  // y = conv_input_grad(x, w): its adjoints are a conv and a weight gradient
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
