@@ -348,6 +348,10 @@ DIRECT_CASES = {
     "depthwise": ((2, 8, 12, 16), (8, 1, 5, 5), dict(padding=2, groups=8)),
     "no padding": ((3, 5, 18, 24), (9, 5, 3, 5), dict()),
     "1-d": ((4, 6, 40), (10, 6, 5), dict(padding=2)),
+    "rows of 8: two rows a vector": ((3, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),
+    "rows of 8, odd height, 1x1": ((2, 6, 7, 8), (9, 6, 1, 1), dict()),
+    "rows of 4: four rows a vector": ((5, 8, 4, 4), (8, 8, 3, 3), dict(padding=1)),
+    "1-d of 8": ((3, 4, 8), (6, 4, 3), dict(padding=1)),
 }
 
 
@@ -377,8 +381,12 @@ def test_direct_float32_conv_matches_numpy(case):
     else:
         ref_dx = np_conv_transpose(g64, w64, **kw)
     np.testing.assert_allclose(out[1], ref_dx, rtol=1e-4, atol=1e-4)
-    if pad != "same":
-        np.testing.assert_allclose(out[2], np_conv_weight_grad(x64, g64, w_shape, **kw), rtol=1e-4, atol=1e-3)
+    if pad == "same":  # the reference pads explicitly
+        xpad = np.pad(x64, [(0, 0), (0, 0)] + [(t // 2, t - t // 2) for t in total])
+        ref_dw = np_conv_weight_grad(xpad, g64, w_shape, dilation=d, groups=kw.get("groups", 1))
+    else:
+        ref_dw = np_conv_weight_grad(x64, g64, w_shape, **kw)
+    np.testing.assert_allclose(out[2], ref_dw, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(
         out[3], g64.sum(axis=tuple(i for i in range(gv.ndim) if i != 1)), rtol=1e-4, atol=1e-4
     )

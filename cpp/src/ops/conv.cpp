@@ -265,6 +265,8 @@ void conv_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, size_
 // dw = sum over the batch of gy (K, P) @ im2col(x)^T: each part sums its tiles, then the parts add.
 template <class T>
 void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size_t ws_bytes) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct_applies(g, Pass::weight_grad)) return direct_weight_grad(g, gy, x, dw, ws, ws_bytes);
   if (shifted_applies(g)) return shifted_weight_grad(g, gy, x, dw, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::weight_grad, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();

@@ -1,10 +1,11 @@
-// Direct stride-1 convolution of float32 images (1-D and 2-D), the forward and, on the flipped
-// and transposed weights, the input gradient. No im2col: each sample is copied once into a
-// zero-padded buffer whose rows are padded to whole vectors, and a register-blocked kernel keeps
-// 8 filters x 3 vectors of 16 output pixels in 24 accumulators, reading each input vector once
-// per kernel tap and each weight once per block. This is the loop oneDNN's direct convolution
-// runs; written with the compiler's vector extension it needs no intrinsics, and -march=native
-// (KILN_NATIVE) turns each vector operation into one AVX-512 instruction.
+// Direct stride-1 convolution of float32 images (1-D and 2-D): the forward, the input gradient (a
+// direct convolution of the output gradient with the flipped, transposed weights) and the weight
+// gradient. No im2col: each sample is copied once into a zero-padded buffer, and register-blocked
+// kernels keep 8 filters x 3 vectors of 16 output pixels in 24 accumulators, so each input vector
+// is loaded once per tap and block and each weight once per block: the loop of oneDNN's direct
+// convolution. A vector is 16 pixels of one output row, or, for images 8 or 4 pixels wide, 2 or 4
+// whole rows. Written with the compiler's vector extension it needs no intrinsics; -march=native
+// (KILN_NATIVE) makes each vector operation one AVX-512 instruction.
 #include <cstring>
 
 #include "ops/conv_geom.h"
@@ -13,15 +14,34 @@ namespace kiln::conv {
 namespace {
 
 typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
 constexpr int64_t kLanes = 16;    // output pixels per vector
 constexpr int64_t kFilters = 8;   // filters per register block
-constexpr int64_t kVectors = 3;   // vectors per register block
+constexpr int64_t kVectors = 3;   // vectors (or weight-gradient taps) per register block
 constexpr int64_t kMaxTaps = 64;  // kernels up to 8x8 (larger ones take the GEMM paths)
 
-inline v16 load(const float* p) {
-  v16 v;
+template <class V>
+inline V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+
+// 16 pixels: R rows of 16 / R pixels, `pitch` apart.
+template <int R>
+inline v16 load_rows(const float* p, int64_t pitch) {
+  if constexpr (R == 1) {
+    return load<v16>(p);
+  } else if constexpr (R == 2) {
+    return __builtin_shufflevector(load<v8>(p), load<v8>(p + pitch), 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                   15);
+  } else {
+    static_assert(R == 4);
+    const v8 a = __builtin_shufflevector(load<v4>(p), load<v4>(p + pitch), 0, 1, 2, 3, 4, 5, 6, 7);
+    const v8 b = __builtin_shufflevector(load<v4>(p + 2 * pitch), load<v4>(p + 3 * pitch), 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
 }
 
 // All lanes s (`v16{} + s` would add a zero: the compiler may not drop it, for -0's sake).
@@ -29,23 +49,45 @@ inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s,
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// Output rows per vector: 1 for rows of 12 or more pixels (the last vector of a row partly
+// empty), 2 or 4 for rows of 8 or 4; 0 where the direct kernels do not apply.
+int rows_per_vector(int64_t ow) { return ow >= 12 ? 1 : ow == 8 ? 2 : ow == 4 ? 4 : 0; }
+
 // One direct convolution, stride 1: y (N, K, OH, OW) = conv(x (N, C, H, W) padded by (pt, pl)
 // on the top and left, weights w[k][c][kh][kw] of `groups` groups) + bias.
 struct Direct {
   int64_t n, c, h, w, k, oh, ow, kh, kw, dh, dw, pt, pl, groups;
+  int64_t R() const { return rows_per_vector(ow); }
   int64_t cg() const { return c / groups; }
   int64_t kg() const { return k / groups; }
   int64_t taps() const { return kh * kw; }
   int64_t blocks() const { return (kg() + kFilters - 1) / kFilters; }  // filter blocks per group
-  int64_t hp() const { return oh + dh * (kh - 1); }
-  int64_t wq() const { return round_up(ow, kLanes) + dw * (kw - 1); }  // a padded row: whole vectors
-  int64_t padded() const { return c * hp() * wq(); }
+  // The padded input: hp rows of wq, whole vectors of output pixels reading inside it.
+  int64_t hp() const { return round_up(oh, R()) + dh * (kh - 1); }
+  int64_t wq() const { return (R() == 1 ? round_up(ow, kLanes) : ow) + dw * (kw - 1); }
+  int64_t plane() const { return hp() * wq(); }
+  int64_t padded() const { return c * plane(); }
+  // Output vectors per channel, and where vector v's pixels sit in the padded input and the output.
+  int64_t per_row() const { return (ow + kLanes - 1) / kLanes; }
+  int64_t vectors() const { return R() == 1 ? oh * per_row() : (oh + R() - 1) / R(); }
+  int64_t x_at(int64_t v) const {
+    return R() == 1 ? (v / per_row()) * wq() + (v % per_row()) * kLanes : v * R() * wq();
+  }
+  int64_t y_at(int64_t v) const { return R() == 1 ? (v / per_row()) * ow + (v % per_row()) * kLanes : v * kLanes; }
+  int64_t y_count(int64_t v) const {
+    return R() == 1 ? std::min(kLanes, ow - (v % per_row()) * kLanes) : std::min(kLanes, (oh - v * R()) * ow);
+  }
+  int64_t kg16() const { return round_up(kg(), kLanes); }  // a group's filters in whole vectors
   int64_t packed() const { return groups * blocks() * cg() * taps() * kFilters; }
+  void tap_offsets(int64_t* off) const {
+    for (int64_t t = 0; t < taps(); ++t) off[t] = (t / kw) * dh * wq() + (t % kw) * dw;
+  }
 };
 
 // packed[grp][block][c][tap][8]: a block's 8 weights of one input channel and tap side by side
 // (zero for filters past the group's last). flip_transpose: the input gradient's weights,
-// w'[c][k][tap] = w[k][c][taps - 1 - tap], read from the forward's (K, C/groups, ...) array.
+// w'[c][k][tap] = w[k][c][taps - 1 - tap], read from the forward's (K, C/groups, ...) array, whose
+// filters are this convolution's channels and the other way round.
 void pack(const Direct& d, const float* w, bool flip_transpose, float* packed) {
   const int64_t cg = d.cg(), kg = d.kg(), T = d.taps();
   std::fill(packed, packed + d.packed(), 0.f);
@@ -53,8 +95,6 @@ void pack(const Direct& d, const float* w, bool flip_transpose, float* packed) {
     for (int64_t k = 0; k < kg; ++k)
       for (int64_t c = 0; c < cg; ++c)
         for (int64_t t = 0; t < T; ++t) {
-          // forward: w[(grp kg + k)][c][t]; flipped: the forward weight of filter c (of the
-          // forward's kg) and channel k (of its cg), whose shapes are this conv's swapped
           const float v =
               flip_transpose ? w[((grp * cg + c) * kg + k) * T + (T - 1 - t)] : w[((grp * kg + k) * cg + c) * T + t];
           packed[(((grp * d.blocks() + k / kFilters) * cg + c) * T + t) * kFilters + k % kFilters] = v;
@@ -70,34 +110,49 @@ void pad_sample(const Direct& d, const float* x, float* buf) {
       std::memcpy(buf + (c * hp + i + d.pt) * wq + d.pl, x + (c * d.h + i) * d.w, d.w * sizeof(float));
 }
 
-// Filters [k0, k0 + 8) of group grp for one padded sample: y[k][oh][ow].
-void conv_block(const Direct& d, const float* xp, const float* wblock, int64_t grp, int64_t k0, const float* bias,
-                float* y) {
-  const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.hp() * wq;
-  const int64_t per_row = (d.ow + kLanes - 1) / kLanes, V = d.oh * per_row;
+// The sample's output gradient transposed, pixels by filters: buf[p][grp][kg16], zero for the
+// lanes past a group's filters.
+void transpose_grad(const Direct& d, const float* gy, float* buf) {
+  const int64_t P = d.oh * d.ow, kg = d.kg(), kg16 = d.kg16(), row = d.groups * kg16;
+  if (kg16 != kg) std::fill(buf, buf + P * row, 0.f);
+  constexpr int64_t kTile = 16;  // 16 x 16 tiles: the 16 rows written stay in L1
+  for (int64_t p0 = 0; p0 < P; p0 += kTile)
+    for (int64_t k0 = 0; k0 < d.k; k0 += kTile) {
+      const int64_t p1 = std::min(P, p0 + kTile), k1 = std::min(d.k, k0 + kTile);
+      for (int64_t k = k0; k < k1; ++k) {
+        float* dst = buf + (k / kg) * kg16 + k % kg;
+        const float* src = gy + k * P;
+        for (int64_t p = p0; p < p1; ++p) dst[p * row] = src[p];
+      }
+    }
+}
+
+// y[k][...] for filters [k0, k0 + 8) of group grp, from one padded sample.
+template <int R>
+void forward_block(const Direct& d, const float* xp, const float* wblock, int64_t grp, int64_t k0, const float* bias,
+                   float* y) {
+  const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
   const int64_t nk = std::min(kFilters, d.kg() - k0);
   int64_t off[kMaxTaps];
-  for (int64_t t = 0; t < T; ++t) off[t] = (t / d.kw) * d.dh * wq + (t % d.kw) * d.dw;
+  d.tap_offsets(off);
   const float* xg = xp + grp * cg * plane;
   for (int64_t v0 = 0; v0 < V; v0 += kVectors) {
     const int64_t nv = std::min(kVectors, V - v0);
     const float* xv[kVectors];
-    for (int64_t j = 0; j < kVectors; ++j) {
-      const int64_t v = v0 + std::min(j, nv - 1);  // a short block recomputes its last vector
-      xv[j] = xg + (v / per_row) * wq + (v % per_row) * kLanes;
-    }
+    for (int64_t j = 0; j < kVectors; ++j) xv[j] = xg + d.x_at(v0 + std::min(j, nv - 1));  // short: repeat the last
     v16 acc[kFilters][kVectors];
 #pragma GCC unroll 8
     for (int64_t i = 0; i < kFilters; ++i) {
-      const float b = bias && i < nk ? bias[grp * d.kg() + k0 + i] : 0.f;
+      const v16 b = splat(bias && i < nk ? bias[grp * d.kg() + k0 + i] : 0.f);
 #pragma GCC unroll 3
-      for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = splat(b);
+      for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = b;
     }
     for (int64_t c = 0; c < cg; ++c) {
       const float* wc = wblock + c * T * kFilters;
       const int64_t xo = c * plane;
       for (int64_t t = 0; t < T; ++t) {
-        const v16 x0 = load(xv[0] + xo + off[t]), x1 = load(xv[1] + xo + off[t]), x2 = load(xv[2] + xo + off[t]);
+        const v16 x0 = load_rows<R>(xv[0] + xo + off[t], wq), x1 = load_rows<R>(xv[1] + xo + off[t], wq),
+                  x2 = load_rows<R>(xv[2] + xo + off[t], wq);
         const float* wt = wc + t * kFilters;
 #pragma GCC unroll 8
         for (int64_t i = 0; i < kFilters; ++i) {
@@ -109,36 +164,50 @@ void conv_block(const Direct& d, const float* xp, const float* wblock, int64_t g
       }
     }
     for (int64_t i = 0; i < nk; ++i)
-      for (int64_t j = 0; j < nv; ++j) {
-        const int64_t v = v0 + j, row = v / per_row, col = (v % per_row) * kLanes;
-        float* dst = y + ((grp * d.kg() + k0 + i) * d.oh + row) * d.ow + col;
-        std::memcpy(dst, &acc[i][j], std::min(kLanes, d.ow - col) * sizeof(float));
-      }
+      for (int64_t j = 0; j < nv; ++j)
+        std::memcpy(y + (grp * d.kg() + k0 + i) * P + d.y_at(v0 + j), &acc[i][j], d.y_count(v0 + j) * sizeof(float));
   }
 }
 
-void run_direct(const Direct& d, const float* x, const float* w, bool flip_transpose, const float* bias, float* y,
-                float* ws, size_t ws_bytes) {
-  float* packed = ws;
-  pack(d, w, flip_transpose, packed);
-  const int64_t slice = round_up(d.padded(), 16);
-  const int64_t slots = std::max<int64_t>(1, (static_cast<int64_t>(ws_bytes / sizeof(float)) - d.packed()) / slice);
-  const int64_t parts = std::min(slots, d.n), jobs = d.groups * d.blocks();
-  const int64_t block_elems = d.cg() * d.taps() * kFilters;
-  run_parts(parts, [&](int64_t part) {
-    float* buf = packed + d.packed() + part * slice;
-    for (int64_t s = d.n * part / parts; s < d.n * (part + 1) / parts; ++s) {
-      pad_sample(d, x + s * d.c * d.h * d.w, buf);
-      float* ys = y + s * d.k * d.oh * d.ow;
-      // one part: the filter blocks spread over the pool (a batch of one); else run here
-      cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const int64_t grp = j / d.blocks(), b = j % d.blocks();
-          conv_block(d, buf, packed + j * block_elems, grp, b * kFilters, bias, ys);
+// acc[q][k] += sum over ns samples and their pixels p of gy[k][p] * x[c][p + offset of tap t], for
+// the KV * 16 filters from k0 of group grp (the lanes) and the 24 / KV (channel, tap) pairs q = c T + t
+// from q0: gy transposed is loaded as vectors and x broadcast, as the forward loads x and broadcasts
+// the weights, and the lanes are filters, so nothing is summed across lanes.
+template <int KV>
+void weight_grad_block(const Direct& d, const float* xp, const float* gt, int64_t ns, int64_t grp, int64_t k0,
+                       int64_t q0, const int64_t* off, float* acc) {
+  constexpr int64_t Q = kVectors * kFilters / KV;  // 24 accumulators: KV x Q
+  static_assert(KV * Q == 24);
+  const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), row = d.groups * d.kg16(), nq = std::min(Q, cg * T - q0);
+  int64_t xq[Q];
+  for (int64_t j = 0; j < Q; ++j) {
+    const int64_t q = q0 + std::min(j, nq - 1);
+    xq[j] = (grp * cg + q / T) * d.plane() + off[q % T];
+  }
+  v16 a[Q][KV] = {};
+  const float* g = gt + grp * d.kg16() + k0;
+  for (int64_t s = 0; s < ns; ++s) {
+    const float* xs = xp + s * d.padded();
+    for (int64_t oh = 0; oh < d.oh; ++oh)
+      for (int64_t ow = 0; ow < d.ow; ++ow, g += row) {
+        const float* xv = xs + oh * wq + ow;
+        v16 gk[KV];
+#pragma GCC unroll 2
+        for (int64_t u = 0; u < KV; ++u) gk[u] = load<v16>(g + u * kLanes);
+#pragma GCC unroll 24
+        for (int64_t j = 0; j < Q; ++j) {
+          const v16 xj = splat(xv[xq[j]]);
+#pragma GCC unroll 2
+          for (int64_t u = 0; u < KV; ++u) a[j][u] += gk[u] * xj;
         }
-      });
+      }
+  }
+  for (int64_t j = 0; j < nq; ++j)
+    for (int64_t u = 0; u < KV; ++u) {
+      float* dst = acc + ((grp * cg * T + q0 + j) * d.kg16()) + k0 + u * kLanes;
+      const v16 sum = load<v16>(dst) + a[j][u];
+      std::memcpy(dst, &sum, sizeof sum);
     }
-  });
 }
 
 Direct forward_of(const Geom& g) {
@@ -154,34 +223,139 @@ Direct input_grad_of(const Geom& g) {
                 g.ker[1], g.ker[2], g.dil[1], g.dil[2], eh - g.pad[1], ew - g.pad[2], g.groups};
 }
 
-size_t workspace_of(const Direct& d) {
-  return static_cast<size_t>(d.packed() + round_up(d.padded(), 16) * cpu::num_threads()) * sizeof(float);
+// Samples a weight-gradient part prepares at a time: about 1024 pixels, so their padded input and
+// transposed gradient stay in L2 while every block sweeps them.
+int64_t grad_chunk(const Direct& d) { return std::min(d.n, std::max<int64_t>(1, 1024 / (d.oh * d.ow))); }
+
+int64_t slice_of(const Direct& d, Pass pass) {
+  if (pass != Pass::weight_grad) return round_up(d.padded(), 16);
+  const int64_t gt = d.oh * d.ow * d.groups * d.kg16(), acc = d.groups * d.cg() * d.taps() * d.kg16();
+  return round_up(grad_chunk(d) * (d.padded() + gt) + acc, 16);
+}
+
+size_t workspace_of(const Direct& d, Pass pass) {
+  const int64_t shared = pass == Pass::weight_grad ? 0 : d.packed();
+  return static_cast<size_t>(shared + slice_of(d, pass) * cpu::num_threads()) * sizeof(float);
+}
+
+int64_t parts_of(const Direct& d, Pass pass, int64_t shared, size_t ws_bytes, int64_t work) {
+  const int64_t slots = (static_cast<int64_t>(ws_bytes / sizeof(float)) - shared) / slice_of(d, pass);
+  return std::min(std::max<int64_t>(1, slots), work);
+}
+
+template <int R>
+void run_forward(const Direct& d, const float* x, const float* w, bool flip_transpose, const float* bias, float* y,
+                 float* ws, size_t ws_bytes) {
+  float* packed = ws;
+  pack(d, w, flip_transpose, packed);
+  const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, d.n), jobs = d.groups * d.blocks();
+  const int64_t block_elems = d.cg() * d.taps() * kFilters;
+  run_parts(parts, [&](int64_t part) {
+    float* buf = packed + d.packed() + part * slice_of(d, Pass::forward);
+    for (int64_t s = d.n * part / parts; s < d.n * (part + 1) / parts; ++s) {
+      pad_sample(d, x + s * d.c * d.h * d.w, buf);
+      float* ys = y + s * d.k * d.oh * d.ow;
+      // with one part (a batch of one) the filter blocks spread over the pool; else run here
+      cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j)
+          forward_block<R>(d, buf, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias, ys);
+      });
+    }
+  });
+}
+
+void run_weight_grad(const Direct& d, const float* x, const float* gy, float* dw, float* ws, size_t ws_bytes) {
+  const int64_t chunk = grad_chunk(d), chunks = (d.n + chunk - 1) / chunk, P = d.oh * d.ow;
+  const int64_t parts = parts_of(d, Pass::weight_grad, 0, ws_bytes, chunks), slice = slice_of(d, Pass::weight_grad);
+  const int64_t kg16 = d.kg16(), pairs = d.cg() * d.taps(), gt_elems = P * d.groups * kg16;
+  const int64_t acc_elems = d.groups * pairs * kg16;
+  auto acc_of = [&](int64_t part) { return ws + part * slice + chunk * (d.padded() + gt_elems); };
+  int64_t off[kMaxTaps];
+  d.tap_offsets(off);
+  const bool two = kg16 % (2 * kLanes) == 0;  // two filter vectors a block where the group has them
+  const int64_t kstep = two ? 2 * kLanes : kLanes, qstep = two ? 12 : 24;
+  const int64_t kblocks = kg16 / kstep, qblocks = (pairs + qstep - 1) / qstep;
+  run_parts(parts, [&](int64_t part) {
+    float* xp = ws + part * slice;
+    float* gt = xp + chunk * d.padded();
+    float* acc = acc_of(part);
+    std::fill(acc, acc + acc_elems, 0.f);
+    for (int64_t ch = chunks * part / parts; ch < chunks * (part + 1) / parts; ++ch) {
+      const int64_t n0 = ch * chunk, ns = std::min(chunk, d.n - n0);
+      for (int64_t s = 0; s < ns; ++s) {
+        pad_sample(d, x + (n0 + s) * d.c * d.h * d.w, xp + s * d.padded());
+        transpose_grad(d, gy + (n0 + s) * d.k * P, gt + s * gt_elems);
+      }
+      // with one part the blocks spread over the pool: each owns its slice of acc
+      cpu::parallel_for(d.groups * kblocks * qblocks, 1, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t grp = j / (kblocks * qblocks), k0 = j / qblocks % kblocks * kstep, q0 = j % qblocks * qstep;
+          if (two)
+            weight_grad_block<2>(d, xp, gt, ns, grp, k0, q0, off, acc);
+          else
+            weight_grad_block<1>(d, xp, gt, ns, grp, k0, q0, off, acc);
+        }
+      });
+    }
+  });
+  // dw[k][c][t] = sum over the parts of acc[grp][c T + t][k in group]
+  const int64_t kg = d.kg();
+  cpu::parallel_for(d.k, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t q = 0; q < pairs; ++q) {
+        const int64_t i = ((k / kg) * pairs + q) * kg16 + k % kg;
+        float s = 0.f;
+        for (int64_t p = 0; p < parts; ++p) s += acc_of(p)[i];
+        dw[k * pairs + q] = s;
+      }
+  });
+}
+
+// Calls fn.template operator()<R>() with the direct convolution's rows per vector.
+template <class F>
+void with_rows(const Direct& d, F&& fn) {
+  switch (d.R()) {
+    case 1:
+      return fn(std::integral_constant<int, 1>{});
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    default:
+      return fn(std::integral_constant<int, 4>{});
+  }
 }
 
 }  // namespace
 
 bool direct_applies(const Geom& g, Pass pass) {
-  if (pass == Pass::weight_grad) return false;
-  // 2-D (or 1-D) and stride 1; rows of at least 12 pixels keep the vectors mostly full
-  if (g.ker[0] != 1 || g.in[0] != 1 || g.stride[1] != 1 || g.stride[2] != 1 || g.out[2] < 12 || g.kk() > kMaxTaps)
+  // 2-D (or 1-D), stride 1, kernels up to 8x8, rows of 4, 8 or at least 12 pixels
+  if (g.ker[0] != 1 || g.in[0] != 1 || g.stride[1] != 1 || g.stride[2] != 1 || g.kk() > kMaxTaps ||
+      !rows_per_vector(g.out[2]))
     return false;
-  // the input gradient's padding (kernel extent less the forward's) must not be negative
+  // the input gradient, a convolution producing the input: its padding (the kernel's extent less
+  // the forward's) must not be negative, and its rows must suit the vectors too
   if (pass == Pass::input_grad)
-    return g.pad[1] <= g.dil[1] * (g.ker[1] - 1) && g.pad[2] <= g.dil[2] * (g.ker[2] - 1) && g.in[2] >= 12;
+    return g.pad[1] <= g.dil[1] * (g.ker[1] - 1) && g.pad[2] <= g.dil[2] * (g.ker[2] - 1) && rows_per_vector(g.in[2]);
   return true;
 }
 
 size_t direct_workspace(const Geom& g, Pass pass) {
-  return workspace_of(pass == Pass::forward ? forward_of(g) : input_grad_of(g));
+  return workspace_of(pass == Pass::input_grad ? input_grad_of(g) : forward_of(g), pass);
 }
 
 void direct_forward(const Geom& g, const float* x, const float* w, const float* bias, float* out, float* ws,
                     size_t ws_bytes) {
-  run_direct(forward_of(g), x, w, false, bias, out, ws, ws_bytes);
+  const Direct d = forward_of(g);
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, x, w, false, bias, out, ws, ws_bytes); });
 }
 
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {
-  run_direct(input_grad_of(g), gy, w, true, nullptr, dx, ws, ws_bytes);
+  const Direct d = input_grad_of(g);
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, gy, w, true, nullptr, dx, ws, ws_bytes); });
+}
+
+void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes) {
+  const Direct d = forward_of(g);
+  run_weight_grad(d, x, gy, dw, ws, ws_bytes);
 }
 
 }  // namespace kiln::conv
