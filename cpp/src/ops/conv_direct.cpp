@@ -127,19 +127,22 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
     }
 }
 
-// y[k][...] for filters [k0, k0 + 8) of group grp, from one padded sample.
+// y[k][...] for filters [k0, k0 + 8) of group grp, for ns padded samples: blocks of 3 vectors run
+// across the samples, so small images (4 vectors of an 8x8) fill every block.
 template <int R>
-void forward_block(const Direct& d, const float* xp, const float* wblock, int64_t grp, int64_t k0, const float* bias,
-                   float* y) {
+void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wblock, int64_t grp, int64_t k0,
+                   const float* bias, float* y) {
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
-  const int64_t nk = std::min(kFilters, d.kg() - k0);
+  const int64_t nk = std::min(kFilters, d.kg() - k0), total = ns * V;
   int64_t off[kMaxTaps];
   d.tap_offsets(off);
-  const float* xg = xp + grp * cg * plane;
-  for (int64_t v0 = 0; v0 < V; v0 += kVectors) {
-    const int64_t nv = std::min(kVectors, V - v0);
+  for (int64_t v0 = 0; v0 < total; v0 += kVectors) {
+    const int64_t nv = std::min(kVectors, total - v0);
     const float* xv[kVectors];
-    for (int64_t j = 0; j < kVectors; ++j) xv[j] = xg + d.x_at(v0 + std::min(j, nv - 1));  // short: repeat the last
+    for (int64_t j = 0; j < kVectors; ++j) {
+      const int64_t v = v0 + std::min(j, nv - 1);  // a short block repeats its last vector
+      xv[j] = xp + (v / V) * d.padded() + grp * cg * plane + d.x_at(v % V);
+    }
     v16 acc[kFilters][kVectors];
 #pragma GCC unroll 8
     for (int64_t i = 0; i < kFilters; ++i) {
@@ -163,11 +166,17 @@ void forward_block(const Direct& d, const float* xp, const float* wblock, int64_
         }
       }
     }
-    for (int64_t i = 0; i < nk; ++i)
-      for (int64_t j = 0; j < nv; ++j)
-        std::memcpy(y + (grp * d.kg() + k0 + i) * P + d.y_at(v0 + j), &acc[i][j], d.y_count(v0 + j) * sizeof(float));
+    for (int64_t j = 0; j < nv; ++j) {
+      const int64_t v = v0 + j;
+      float* yv = y + (v / V) * d.k * P + (grp * d.kg() + k0) * P + d.y_at(v % V);
+      for (int64_t i = 0; i < nk; ++i) std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
+    }
   }
 }
+
+// (channel, tap) pairs a weight-gradient block sums for KV vectors of filters: 22 or 24
+// accumulators (with 2 x 12, GCC spills one of the two filter vectors).
+constexpr int64_t grad_pairs(int KV) { return KV == 2 ? 11 : 24; }
 
 // acc[q][k] += sum over ns samples and their pixels p of gy[k][p] * x[c][p + offset of tap t], for
 // the KV * 16 filters from k0 of group grp (the lanes) and the 24 / KV (channel, tap) pairs q = c T + t
@@ -176,36 +185,34 @@ void forward_block(const Direct& d, const float* xp, const float* wblock, int64_
 template <int KV>
 void weight_grad_block(const Direct& d, const float* xp, const float* gt, int64_t ns, int64_t grp, int64_t k0,
                        int64_t q0, const int64_t* off, float* acc) {
-  constexpr int64_t Q = kVectors * kFilters / KV;  // 24 accumulators: KV x Q
-  static_assert(KV * Q == 24);
+  constexpr int64_t Q = grad_pairs(KV);
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), row = d.groups * d.kg16(), nq = std::min(Q, cg * T - q0);
   int64_t xq[Q];
   for (int64_t j = 0; j < Q; ++j) {
     const int64_t q = q0 + std::min(j, nq - 1);
     xq[j] = (grp * cg + q / T) * d.plane() + off[q % T];
   }
-  v16 a[Q][KV] = {};
+  v16 a[KV][Q] = {};
   const float* g = gt + grp * d.kg16() + k0;
   for (int64_t s = 0; s < ns; ++s) {
     const float* xs = xp + s * d.padded();
-    for (int64_t oh = 0; oh < d.oh; ++oh)
+    for (int64_t oh = 0; oh < d.oh; ++oh) {
+      const float* xrow = xs + oh * wq;
       for (int64_t ow = 0; ow < d.ow; ++ow, g += row) {
-        const float* xv = xs + oh * wq + ow;
-        v16 gk[KV];
-#pragma GCC unroll 2
-        for (int64_t u = 0; u < KV; ++u) gk[u] = load<v16>(g + u * kLanes);
+        const v16 g0 = load<v16>(g), g1 = KV > 1 ? load<v16>(g + kLanes) : g0;
 #pragma GCC unroll 24
         for (int64_t j = 0; j < Q; ++j) {
-          const v16 xj = splat(xv[xq[j]]);
-#pragma GCC unroll 2
-          for (int64_t u = 0; u < KV; ++u) a[j][u] += gk[u] * xj;
+          const v16 xj = splat(xrow[xq[j] + ow]);
+          a[0][j] += g0 * xj;
+          if constexpr (KV > 1) a[KV - 1][j] += g1 * xj;
         }
       }
+    }
   }
   for (int64_t j = 0; j < nq; ++j)
     for (int64_t u = 0; u < KV; ++u) {
       float* dst = acc + ((grp * cg * T + q0 + j) * d.kg16()) + k0 + u * kLanes;
-      const v16 sum = load<v16>(dst) + a[j][u];
+      const v16 sum = load<v16>(dst) + a[u][j];
       std::memcpy(dst, &sum, sizeof sum);
     }
 }
@@ -227,8 +234,14 @@ Direct input_grad_of(const Geom& g) {
 // transposed gradient stay in L2 while every block sweeps them.
 int64_t grad_chunk(const Direct& d) { return std::min(d.n, std::max<int64_t>(1, 1024 / (d.oh * d.ow))); }
 
+// Samples a forward part pads at a time: about 96 vectors of output, but at least 4 chunks a batch
+// (the parts take whole chunks). From the shapes alone: the workspace is planned from it.
+int64_t forward_chunk(const Direct& d) {
+  return std::max<int64_t>(1, std::min({d.n, 96 / d.vectors(), (d.n + 3) / 4}));
+}
+
 int64_t slice_of(const Direct& d, Pass pass) {
-  if (pass != Pass::weight_grad) return round_up(d.padded(), 16);
+  if (pass != Pass::weight_grad) return round_up(forward_chunk(d) * d.padded(), 16);
   const int64_t gt = d.oh * d.ow * d.groups * d.kg16(), acc = d.groups * d.cg() * d.taps() * d.kg16();
   return round_up(grad_chunk(d) * (d.padded() + gt) + acc, 16);
 }
@@ -248,17 +261,19 @@ void run_forward(const Direct& d, const float* x, const float* w, bool flip_tran
                  float* ws, size_t ws_bytes) {
   float* packed = ws;
   pack(d, w, flip_transpose, packed);
-  const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, d.n), jobs = d.groups * d.blocks();
-  const int64_t block_elems = d.cg() * d.taps() * kFilters;
+  const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk;
+  const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, chunks), jobs = d.groups * d.blocks();
+  const int64_t block_elems = d.cg() * d.taps() * kFilters, P = d.oh * d.ow;
   run_parts(parts, [&](int64_t part) {
     float* buf = packed + d.packed() + part * slice_of(d, Pass::forward);
-    for (int64_t s = d.n * part / parts; s < d.n * (part + 1) / parts; ++s) {
-      pad_sample(d, x + s * d.c * d.h * d.w, buf);
-      float* ys = y + s * d.k * d.oh * d.ow;
+    for (int64_t ch = chunks * part / parts; ch < chunks * (part + 1) / parts; ++ch) {
+      const int64_t n0 = ch * chunk, ns = std::min(chunk, d.n - n0);
+      for (int64_t s = 0; s < ns; ++s) pad_sample(d, x + (n0 + s) * d.c * d.h * d.w, buf + s * d.padded());
       // with one part (a batch of one) the filter blocks spread over the pool; else run here
       cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j)
-          forward_block<R>(d, buf, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias, ys);
+          forward_block<R>(d, buf, ns, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias,
+                           y + n0 * d.k * P);
       });
     }
   });
@@ -273,7 +288,7 @@ void run_weight_grad(const Direct& d, const float* x, const float* gy, float* dw
   int64_t off[kMaxTaps];
   d.tap_offsets(off);
   const bool two = kg16 % (2 * kLanes) == 0;  // two filter vectors a block where the group has them
-  const int64_t kstep = two ? 2 * kLanes : kLanes, qstep = two ? 12 : 24;
+  const int64_t kstep = two ? 2 * kLanes : kLanes, qstep = two ? grad_pairs(2) : grad_pairs(1);
   const int64_t kblocks = kg16 / kstep, qblocks = (pairs + qstep - 1) / qstep;
   run_parts(parts, [&](int64_t part) {
     float* xp = ws + part * slice;
