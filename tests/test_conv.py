@@ -667,3 +667,18 @@ def test_conv_transpose_output_padding_must_be_below_the_stride():
     w = kn.input("w", (1, 2, 2, 2))
     with pytest.raises(kn.Error, match="output_padding must be smaller than the stride"):
         kn.conv_transpose2d(x, w, dilation=2, output_padding=1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_ties_and_nans_on_wide_rows(dtype):
+    """Rows of 18 outputs: 16 through the vector path of 2x2 pooling, 2 through the scalar one.
+    Ties keep the first maximum in window order and a NaN wins, as torch (numpy's argmax agrees)."""
+    rng = np.random.default_rng(3)
+    xv = rng.integers(0, 3, (2, 3, 34, 37)).astype(dtype)  # many ties
+    xv.flat[rng.choice(xv.size, 40, replace=False)] = np.nan
+    x = kn.input("x", xv.shape, dtype)
+    y, idx = kn.max_pool2d(x, 2, return_indices=True)
+    got_y, got_idx = kn.function([x], [y, idx])(xv)
+    ref_y, ref_idx = np_max_pool(xv, 2, return_indices=True)
+    np.testing.assert_array_equal(got_y, ref_y)
+    np.testing.assert_array_equal(got_idx, ref_idx)

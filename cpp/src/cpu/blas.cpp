@@ -43,10 +43,36 @@ inline void blas(bool ta, bool tb, int m, int n, int k, double alpha, const doub
    c, ldc);
 }
 
+inline void gemv(bool trans, int m, int n, float alpha, const float* a, int lda, const float* x, int incx, float beta,
+                 float* y, int incy) {
+  KILN_CBLAS(sgemv)(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+inline void gemv(bool trans, int m, int n, double alpha, const double* a, int lda, const double* x, int incx,
+                 double beta, double* y, int incy) {
+  KILN_CBLAS(dgemv)(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+
+// A product with one row (a batch of one through a linear layer) streams the matrix: GEMV reads it
+// once at memory speed, where GEMM would pack it first. Row blocks of the matrix go to the threads.
+template <class T>
+void row_times_matrix(bool tb, int n, int k, T alpha, const T* a, int inca, const T* b, int ldb, T beta, T* c) {
+  // c (1 x n) = a (1 x k) @ op(B); with tb, B is (n x k) and c = B a
+  auto block = [&](int64_t j0, int64_t j1) {
+    if (tb)
+      gemv(false, int(j1 - j0), k, alpha, b + j0 * ldb, ldb, a, inca, beta, c + j0, 1);
+    else  // op(B) = B (k x n): c = B^T a over columns [j0, j1)
+      gemv(true, k, int(j1 - j0), alpha, b + j0, ldb, a, inca, beta, c + j0, 1);
+  };
+  constexpr int64_t kMinWork = int64_t(1) << 16;
+  if (int64_t(n) * k < kMinWork || num_threads() == 1 || detail::in_parallel_region()) return block(0, n);
+  parallel_for((n + 15) / 16, 1, [&](int64_t b0, int64_t b1) { block(b0 * 16, std::min<int64_t>(n, b1 * 16)); });
+}
+
 template <class T>
 void split_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta, T* c,
                 int ldc) {
   single_threaded_blas();
+  if (m == 1 && n > 0 && k > 0) return row_times_matrix(tb, n, k, alpha, a, ta ? lda : 1, b, ldb, beta, c);
   const int64_t work = int64_t(m) * n * k;
   constexpr int64_t kMinWork = int64_t(1) << 19;  // below ~1 MFLOP a thread hand-off costs more
   if (work < kMinWork || num_threads() == 1 || detail::in_parallel_region() || m == 0 || n == 0) {
