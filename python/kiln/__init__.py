@@ -33,7 +33,7 @@ from . import _core
 from ._core import num_threads, set_num_threads
 from ._graph import Error, Graph, Parameter, Tensor, constant, current_graph, input
 from . import _operators  # installs Tensor's operators and methods
-from .function import Function, eval, function, grad, gradcheck
+from .function import Function, eval, function, grad, gradcheck, load, save
 from .ops import *
 from .functional import *
 from .losses import *

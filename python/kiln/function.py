@@ -26,20 +26,32 @@ class Function:
     ) -> None:
         if isinstance(inputs, Tensor):
             inputs = [inputs]
-        self._structure, named = _name_outputs(outputs)
+        structure, named = _name_outputs(outputs)
         pairs = _update_pairs(updates)
-        self._f = _core.Function(
+        core = _core.Function(
             [t._v for t in inputs], [(n, t._v) for n, t in named], [(v._v, t._v) for v, t in pairs], training
         )
+        self._adopt(core, structure)
+
+    @classmethod
+    def _from_core(cls, core: Any) -> Function:
+        """A Function around a compiled program read from a file."""
+        f = cls.__new__(cls)
+        f._adopt(core, core.annotations.get("python.outputs", "list"))
+        return f
+
+    def _adopt(self, core: Any, structure: str) -> None:
+        self._f = core
+        self._structure = structure
         self.input_names: list[str] = list(self._f.input_names)
         self.output_names: list[str] = list(self._f.output_names)
         self._dtypes = [np.dtype(d) for d, _ in self._f.input_specs]
-        self.training = training
+        self.training: bool = self._f.training
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = self._feeds(args, kwargs)
         out = self._f.run(arrays)
-        if self._structure is None:
+        if self._structure == "tensor":
             return out[0]
         if self._structure == "dict":
             return dict(zip(self.output_names, out))
@@ -103,7 +115,7 @@ class Function:
 
 def _name_outputs(outputs: Outputs):
     if isinstance(outputs, Tensor):
-        return None, [("output", outputs)]
+        return "tensor", [("output", outputs)]
     if isinstance(outputs, Mapping):
         return "dict", [(str(k), v) for k, v in outputs.items()]
     if not isinstance(outputs, (list, tuple)) or not all(isinstance(t, Tensor) for t in outputs):
@@ -190,4 +202,40 @@ def gradcheck(f: Callable[..., Tensor], inputs: Sequence[np.ndarray], eps: float
     return float(worst)
 
 
-__all__ = ["Function", "function", "grad", "eval", "gradcheck", "current_graph"]
+def save(
+    path: str, *functions: Function | Mapping[str, Function], name: str | Sequence[str] | None = None
+) -> None:
+    """Writes compiled functions of one graph, e.g. ``predict`` and ``train_step``, with all their
+    variables (parameters, batch-norm statistics, optimizer slots, step counters, random-stream
+    positions) to one .kiln file: a safetensors file that any safetensors reader opens, whose
+    metadata holds the graph. Name the functions with ``name=`` (a string for one function, a list
+    for several) or pass a dict ``{name: function}``; unnamed ones are "main" (one) or "function0",
+    "function1", ... ``kn.load``, ``kiln::load`` and ``kiln-run`` read it back, without Python."""
+    if len(functions) == 1 and isinstance(functions[0], Mapping):
+        pairs = list(functions[0].items())
+        if name is not None:
+            raise Error("save: give names either as the dict's keys or as name=, not both")
+    else:
+        if isinstance(name, str):
+            name = [name]
+        if name is None:
+            name = ["main"] if len(functions) == 1 else [f"function{i}" for i in range(len(functions))]
+        if len(name) != len(functions):
+            raise Error(f"save: {len(functions)} functions but {len(name)} names")
+        pairs = list(zip(name, functions))
+    for n, f in pairs:
+        if not isinstance(f, Function):
+            raise Error(f"save: '{n}' is a {type(f).__name__}, not a compiled kn.Function")
+        f._f.annotations = {**f._f.annotations, "python.outputs": f._structure}
+    _core.save(str(path), [(str(n), f._f) for n, f in pairs])
+
+
+def load(path: str) -> Function | dict[str, Function]:
+    """Reads a .kiln file: its function when it holds one, else a dict {name: function} in the
+    order they were saved. The functions share their variables, as when they were compiled: a
+    loaded training step trains the weights the loaded predict function reads."""
+    loaded = [(n, Function._from_core(f)) for n, f in _core.load(str(path))]
+    return loaded[0][1] if len(loaded) == 1 else dict(loaded)
+
+
+__all__ = ["Function", "function", "grad", "eval", "gradcheck", "current_graph", "save", "load"]

@@ -1,7 +1,9 @@
 // Function: a compiled program called with numpy arrays.
 #include "kiln/function.h"
+#include "kiln/io.h"
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -66,5 +68,30 @@ void bind_function(nb::module_& m) {
              for (const auto& e : f.profile()) rows.append(nb::make_tuple(e.node, e.op, e.calls, e.seconds));
              return rows;
            })
+      .def_prop_rw(
+          "annotations", [](const Function& f) { return f.annotations(); },
+          [](Function& f, const std::map<std::string, std::string>& a) { f.annotations() = a; })
+      .def_prop_ro("training", &Function::training)
+      .def_prop_ro("calls", &Function::calls)
       .def("__str__", &Function::str);
+
+  m.def(
+      "save",
+      [](const std::string& path, const std::vector<std::pair<std::string, const Function*>>& functions) {
+        nb::gil_scoped_release unlocked;
+        save(path, functions);
+      },
+      nb::arg("path"), nb::arg("functions"));
+  m.def(
+      "load",
+      [](const std::string& path) {
+        Bundle b = [&] {
+          nb::gil_scoped_release unlocked;
+          return load_bundle(path);
+        }();
+        std::vector<std::pair<std::string, Function>> out;
+        for (const std::string& name : b.names) out.emplace_back(name, std::move(*b.functions[name]));
+        return out;
+      },
+      nb::arg("path"));
 }

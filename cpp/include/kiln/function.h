@@ -44,13 +44,28 @@ class Function {
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);
   std::map<std::string, Tensor> operator()(const std::map<std::string, Tensor>& feeds);
 
+  // A function over a program loaded from a file (io/), resuming its random streams at `calls`.
+  Function(std::shared_ptr<Program> program, uint64_t calls);
+
   const std::vector<std::string>& input_names() const;
   const std::vector<std::string>& output_names() const;
   std::vector<TensorSpec> input_specs() const;
-  int num_nodes() const;         // nodes after optimisation
-  PlanStats plan_stats() const;  // of the most recently used plan
-  int num_plans() const;         // distinct input shapes compiled so far
-  std::string str() const;       // the optimised program, one node a line
+  std::vector<TensorSpec> output_specs() const;  // symbolic (-1) dims where they depend on the inputs
+  bool training() const;
+  // The variables this function reads and updates, shared with the functions of the same graph.
+  const std::shared_ptr<VariableStore>& variables() const;
+  // The trainable variables (parameters) the function reads.
+  std::vector<std::string> parameters() const;
+  // Calls made so far: the position of the function's random streams (saved with it).
+  uint64_t calls() const { return calls_; }
+  // Free-form strings saved with the function (the Python package keeps its output structure here).
+  std::map<std::string, std::string>& annotations() { return annotations_; }
+  const std::map<std::string, std::string>& annotations() const { return annotations_; }
+  const Program& program() const { return *program_; }  // internal: for io/
+  int num_nodes() const;                                // nodes after optimisation
+  PlanStats plan_stats() const;                         // of the most recently used plan
+  int num_plans() const;                                // distinct input shapes compiled so far
+  std::string str() const;                              // the optimised program, one node a line
 
   // Per-node timing of the calls made while profiling is on: (node index, op, calls, seconds).
   struct ProfileEntry {
@@ -71,6 +86,7 @@ class Function {
   std::unique_ptr<std::mutex> mutex_;  // calls of one function run one at a time
   bool profiling_ = false;
   std::vector<ProfileEntry> profile_;
+  std::map<std::string, std::string> annotations_;
 };
 
 }  // namespace kiln

@@ -5,6 +5,7 @@
 #include "kiln/error.h"
 #include "kiln/function.h"
 #include "kiln/graph.h"
+#include "kiln/io.h"
 #include "kiln/op.h"
 #include "kiln/ops.h"
 #include "kiln/shape.h"

@@ -13,6 +13,9 @@ Function::Function(const std::vector<Value>& inputs, const std::vector<std::pair
                    const std::vector<std::pair<Value, Value>>& updates, bool training)
     : program_(build_program(inputs, outputs, updates, training)), mutex_(std::make_unique<std::mutex>()) {}
 
+Function::Function(std::shared_ptr<Program> program, uint64_t calls)
+    : program_(std::move(program)), calls_(calls), mutex_(std::make_unique<std::mutex>()) {}
+
 Function::~Function() = default;
 Function::Function(Function&&) noexcept = default;
 Function& Function::operator=(Function&&) noexcept = default;
@@ -22,6 +25,22 @@ const std::vector<std::string>& Function::output_names() const { return program_
 int Function::num_nodes() const { return static_cast<int>(program_->nodes.size()); }
 int Function::num_plans() const { return static_cast<int>(plans_.size()); }
 PlanStats Function::plan_stats() const { return last_plan_ ? last_plan_->stats : PlanStats{}; }
+
+bool Function::training() const { return program_->training; }
+const std::shared_ptr<VariableStore>& Function::variables() const { return program_->variables; }
+
+std::vector<std::string> Function::parameters() const {
+  std::vector<std::string> out;
+  for (const ProgramNode& n : program_->nodes)
+    if (n.op->name == "variable" && n.attrs.i("trainable", 1)) out.push_back(n.attrs.s("name"));
+  return out;
+}
+
+std::vector<TensorSpec> Function::output_specs() const {
+  std::vector<TensorSpec> out;
+  for (const Edge& e : program_->outputs) out.push_back(program_->nodes[e.node].outputs[e.index]);
+  return out;
+}
 
 std::vector<TensorSpec> Function::input_specs() const {
   std::vector<TensorSpec> out;
