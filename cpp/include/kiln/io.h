@@ -30,9 +30,9 @@ struct Bundle {
 // sees half a file.
 void save(const std::string& path, const std::vector<std::pair<std::string, const Function*>>& functions);
 
-// Reads and checks a whole file (header, offsets, dtypes, every node's op and shapes); tensors are
-// memory-mapped (copy-on-write: running a training step never writes the file). Any problem is a
-// kiln::Error naming the file and what is wrong.
+// Reads and checks a whole file (header, offsets, dtypes, every node's op and shapes) into memory:
+// the functions neither depend on the file afterwards nor write it. Any problem is a kiln::Error
+// naming the file and what is wrong.
 Bundle load_bundle(const std::string& path);
 
 // The named function of a file, or its only one when `name` is empty.

@@ -97,4 +97,8 @@ class OpRegistry {
 // Helpers for inference functions.
 std::string specs_str(const std::vector<TensorSpec>& specs);
 
+// Throws kiln::Error when a spec's known dimensions multiply past 2^62 bytes: an inferred shape
+// that no machine could hold (a product that would wrap around int64).
+void check_size(const TensorSpec& spec);
+
 }  // namespace kiln

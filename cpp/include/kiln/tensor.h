@@ -48,6 +48,9 @@ class Tensor {
   static Tensor from_storage(std::shared_ptr<Storage> storage, const Shape& shape, DType dtype);
   template <typename T>
   static Tensor scalar(T value, DType dtype);
+  // numpy .npy files (io/npy.cpp; also kiln::load_npy and kiln::save_npy).
+  static Tensor from_npy(const std::string& path);
+  void to_npy(const std::string& path) const;
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }

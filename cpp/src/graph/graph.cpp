@@ -139,6 +139,17 @@ static std::string with_site(const std::string& msg, const std::string& site) {
   return site.empty() ? msg : msg + "\n  at " + site;
 }
 
+void check_size(const TensorSpec& spec) {
+  constexpr uint64_t kLimit = uint64_t(1) << 62;
+  uint64_t bytes = dtype_size(spec.dtype);
+  for (int64_t d : spec.shape) {
+    if (d <= 0) continue;  // symbolic or empty
+    if (bytes > kLimit / static_cast<uint64_t>(d))
+      throw Error("shape " + spec.shape.str() + " of " + dtype_name(spec.dtype) + " is larger than any memory");
+    bytes *= static_cast<uint64_t>(d);
+  }
+}
+
 std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Value>& inputs, const Attrs& attrs) {
   const std::string& site = SiteScope::current();
   const OpDef* op = OpRegistry::get().find(op_name);
@@ -168,6 +179,7 @@ std::vector<Value> Graph::apply(const std::string& op_name, const std::vector<Va
   }
   try {
     n.outputs = op->infer(in_specs, attrs);
+    for (const TensorSpec& s : n.outputs) check_size(s);
   } catch (const Error& e) {
     std::string msg = e.what();
     if (msg.rfind(op_name + ":", 0) != 0) msg = op_name + ": " + msg;

@@ -18,6 +18,8 @@ namespace {
 
 using json = nlohmann::json;
 
+using io::printable;
+
 json spec_json(const TensorSpec& s) { return {dtype_name(s.dtype), s.shape.vec()}; }
 json edge_json(const Edge& e) { return {e.node, e.index}; }
 
@@ -107,6 +109,7 @@ class ProgramReader {
                    t.shape().str());
       p->updates.emplace_back(var, e);
     }
+    if (!fj.at("calls").is_number_unsigned()) throw fail("calls must be a count, got " + fj["calls"].dump());
     auto f = std::make_shared<Function>(p, fj.at("calls").get<uint64_t>());
     for (const auto& [k, v] : fj.at("annotations").items()) f->annotations()[k] = v.get<std::string>();
     return f;
@@ -181,6 +184,7 @@ class ProgramReader {
     try {
       for (const json& s : nj.at("outputs")) stored.push_back(read_spec(s));
       n.outputs = n.op->infer(in, n.attrs);  // the same checks as building the graph
+      for (const TensorSpec& s : n.outputs) check_size(s);
     } catch (const Error& e) {
       throw fail(e.what());
     }
@@ -193,7 +197,12 @@ class ProgramReader {
     n.name = nj.value("name", "");
     n.site = nj.value("site", "");
     if (op_name == "variable") {
-      const std::string& var = n.attrs.s("name");
+      std::string var;
+      try {
+        var = n.attrs.s("name");
+      } catch (const Error& e) {
+        throw fail(e.what());
+      }
       if (!vars_->has(var)) throw fail("reads variable '" + var + "', which the file does not hold");
       const Tensor& t = vars_->get(var);
       if (t.dtype() != n.outputs[0].dtype || !(t.shape() == n.outputs[0].shape))
@@ -259,10 +268,9 @@ Bundle load_bundle(const std::string& path) {
   if (meta == file.metadata.end())
     throw Error(path + ": not a kiln file: its metadata has no kiln.format (a safetensors file of weights only?)");
   int version = 0;
-  try {
-    version = std::stoi(meta->second);
-  } catch (const std::exception&) {
-  }
+  const std::string& v = meta->second;
+  if (!v.empty() && v.size() < 6 && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    version = std::stoi(v);
   if (version < 1 || version > kFileFormat)
     throw Error(path + ": format version '" + meta->second + "' is not one this kiln reads (versions 1 to " +
                 std::to_string(kFileFormat) + ")" + (version > kFileFormat ? ": the file is from a newer kiln" : ""));
@@ -288,7 +296,8 @@ Bundle load_bundle(const std::string& path) {
       b.functions[name] = std::move(f);
     }
   } catch (const json::exception& e) {
-    throw Error(path + ": kiln.graph, in " + reader.where() + ": " + e.what());
+    throw Error(path + ": kiln.graph" + (reader.where().empty() ? "" : ", in " + reader.where()) + ": " +
+                printable(e.what()));
   }
   if (b.names.empty()) throw Error(path + ": the file holds no functions");
   return b;

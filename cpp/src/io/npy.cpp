@@ -89,4 +89,7 @@ void save_npy(const std::string& path, const Tensor& tensor) {
   if (!out) throw Error(path + ": writing failed");
 }
 
+Tensor Tensor::from_npy(const std::string& path) { return load_npy(path); }
+void Tensor::to_npy(const std::string& path) const { save_npy(path, *this); }
+
 }  // namespace kiln

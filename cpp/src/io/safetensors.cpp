@@ -1,7 +1,6 @@
 #include "io/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -104,7 +103,34 @@ void write_safetensors(const std::string& path, const std::map<std::string, std:
   }
 }
 
+std::string printable(const std::string& text, size_t limit) {
+  std::string out;
+  for (unsigned char ch : text.substr(0, limit)) {
+    if (ch >= 0x20 && ch < 0x7f) {
+      out += static_cast<char>(ch);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", ch);
+      out += buf;
+    }
+  }
+  return text.size() > limit ? out + "..." : out;
+}
+
+namespace {
+Safetensors read_checked(const std::string& path);
+}  // namespace
+
 Safetensors read_safetensors(const std::string& path) {
+  try {
+    return read_checked(path);
+  } catch (const nlohmann::json::exception& e) {  // a value of the wrong type, or not UTF-8
+    throw Error(path + ": " + printable(e.what()));
+  }
+}
+
+namespace {
+Safetensors read_checked(const std::string& path) {
   auto fail = [&](const std::string& what) { return Error(path + ": " + what); };
   Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (f.fd < 0) throw fail(std::string("cannot open: ") + std::strerror(errno));
@@ -128,7 +154,7 @@ Safetensors read_safetensors(const std::string& path) {
   try {
     header = json::parse(text);
   } catch (const json::exception& e) {
-    throw fail(std::string("the header is not valid JSON: ") + e.what());
+    throw fail("the header is not valid JSON: " + printable(e.what()));
   }
   if (!header.is_object()) throw fail("the header is not a JSON object");
 
@@ -175,7 +201,8 @@ Safetensors read_safetensors(const std::string& path) {
     e.begin = off[0].get<uint64_t>() > data_size ? data_size + 1 : off[0].get<size_t>();
     e.end = off[1].get<uint64_t>() > data_size ? data_size + 1 : off[1].get<size_t>();
     if (e.begin > e.end || e.end > data_size)
-      throw bad("data_offsets " + off.dump() + " fall outside the data (" + std::to_string(data_size) + " bytes)");
+      throw bad("data_offsets " + off.dump() + " fall outside the data (" + std::to_string(data_size) +
+                " bytes): the file is truncated or damaged");
     if (e.end - e.begin != numel * dtype_size(e.dtype))
       throw bad("data_offsets " + off.dump() + " hold " + std::to_string(e.end - e.begin) + " bytes, shape " +
                 shape.dump() + " of " + value["dtype"].get<std::string>() + " needs " +
@@ -188,24 +215,16 @@ Safetensors read_safetensors(const std::string& path) {
     if (entries[i].begin < entries[i - 1].end && entries[i].begin < entries[i].end)
       throw fail("tensors '" + entries[i - 1].name + "' and '" + entries[i].name + "' overlap");
 
-  // Map the file copy-on-write: tensors are views, and a training step's in-place updates stay in
-  // memory. Without mmap (or for misaligned data) the bytes are copied.
-  std::shared_ptr<void> mapping;
-  void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, f.fd, 0);
-  if (base != MAP_FAILED) mapping = std::shared_ptr<void>(base, [size](void* p) { ::munmap(p, size); });
-  for (const Entry& e : entries) {
-    const size_t at = data_start + e.begin, bytes = e.end - e.begin;
-    if (mapping && at % dtype_size(e.dtype) == 0) {
-      out.tensors[e.name] = Tensor::from_blob(static_cast<char*>(base) + at, e.shape, e.dtype, mapping);
-      continue;
-    }
-    Tensor t = Tensor::empty(e.shape, e.dtype);
-    if (bytes && !(mapping ? (std::memcpy(t.raw(), static_cast<char*>(base) + at, bytes), true)
-                           : read_at(f.fd, t.raw(), bytes, at)))
-      throw fail("cannot read tensor '" + e.name + "'");
-    out.tensors[e.name] = t;
-  }
+  // One read of the whole data into memory kiln owns; the tensors are views of it. Not a memory
+  // map: a mapped file truncated or rewritten in place (cp over it) would crash the process
+  // (SIGBUS) or change the loaded weights under a running model. Reading costs a few ms per
+  // 45 MB from the page cache.
+  auto data = std::make_shared<Storage>(std::max<size_t>(data_size, 1));
+  if (data_size && !read_at(f.fd, data->data(), data_size, data_start)) throw fail("cannot read the tensor data");
+  for (const Entry& e : entries)
+    out.tensors[e.name] = Tensor::from_blob(static_cast<char*>(data->data()) + e.begin, e.shape, e.dtype, data);
   return out;
 }
+}  // namespace
 
 }  // namespace kiln::io

@@ -13,7 +13,7 @@ namespace kiln::io {
 
 struct Safetensors {
   std::map<std::string, std::string> metadata;
-  std::map<std::string, Tensor> tensors;  // memory-mapped copy-on-write views of the file
+  std::map<std::string, Tensor> tensors;  // views of one buffer holding the file's data
   size_t file_bytes = 0;
 };
 
@@ -25,5 +25,9 @@ void write_safetensors(const std::string& path, const std::map<std::string, std:
 // Checks the header length, the JSON, every dtype, shape and offset (inside the data, no two
 // tensors overlapping) before mapping anything: kiln::Error "<path>: <problem>" otherwise.
 Safetensors read_safetensors(const std::string& path);
+
+// `text` for an error message: bytes that are not printable ASCII as \xNN, cut after `limit`
+// (a JSON parser's message quotes what it read: of a damaged file, any bytes, and many).
+std::string printable(const std::string& text, size_t limit = 300);
 
 }  // namespace kiln::io

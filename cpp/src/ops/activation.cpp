@@ -131,7 +131,11 @@ void register_activation_ops(OpRegistry& r) {
   gg.name = "gelu_grad";
   gg.attrs = {{"approximate", true}};
   gg.num_inputs = 2;
-  gg.infer = [](const std::vector<TensorSpec>& in, const Attrs&) { return std::vector<TensorSpec>{in[0]}; };
+  gg.infer = [](const std::vector<TensorSpec>& in, const Attrs&) {  // (gy, x)
+    if (!is_floating(in[1].dtype)) throw Error("expects a float input, got " + in[1].str());
+    require_like(in[0], in[1], "the gradient");
+    return std::vector<TensorSpec>{in[0]};
+  };
   gg.cpu = gelu_grad_kernel;
   gg.differentiable = false;  // gelu's second derivative is not provided
   r.add(std::move(gg));

@@ -24,6 +24,20 @@ inline std::vector<int64_t> sorted_axes(const std::vector<int64_t>& axes, int ra
 // A dimension that must agree between two shapes, symbolic dims agreeing with anything.
 inline bool dims_compatible(int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; }
 
+// A gradient op's inputs checked against its forward op: `got` must have `want`'s dtype and shape
+// (symbolic dims agree with anything). Autodiff always wires them right; a hand-edited or damaged
+// file may not, and a kernel must never read past a tensor it was given.
+inline void require_like(const TensorSpec& got, const TensorSpec& want, const std::string& what) {
+  bool ok = got.dtype == want.dtype && got.shape.rank() == want.shape.rank();
+  for (int i = 0; ok && i < got.shape.rank(); ++i) ok = dims_compatible(got.shape[i], want.shape[i]);
+  if (!ok) throw Error(what + " must be " + want.str() + ", got " + got.str());
+}
+
+// The specs the forward op `op` gives for `in`: what its gradient op's inputs must look like.
+inline std::vector<TensorSpec> forward_specs(const char* op, const std::vector<TensorSpec>& in, const Attrs& a) {
+  return OpRegistry::get().find(op)->infer(in, a);
+}
+
 // Kernel of the view ops (reshape, squeeze, ...): the output shares input 0's storage.
 inline void alias_kernel(const KernelContext& c) { c.output(0) = c.input(0).view(c.output(0).shape()); }
 

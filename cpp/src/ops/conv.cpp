@@ -472,7 +472,11 @@ void register_conv_ops(OpRegistry& r) {
     d.attrs = conv_attrs();
     d.num_inputs = 3;
     d.shape_only_from = 2;
-    d.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+    d.infer = [pass](const Specs& in, const Attrs& a) {  // gy must be what the convolution gives
+      const Specs fwd = pass == Pass::input_grad ? infer_conv({in[2], in[1]}, a) : infer_conv({in[1], in[2]}, a);
+      require_like(in[0], fwd[0], "the output gradient");
+      return Specs{{in[0].dtype, in[2].shape}};
+    };
     d.cpu = kernel;
     d.workspace = [name, pass](const Specs& in, const Specs& out, const Attrs& a) {
       const bool input_side = pass == Pass::input_grad;

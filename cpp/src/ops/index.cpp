@@ -44,7 +44,7 @@ void take_kernel(const KernelContext& c) {
   const Tensor& idx = c.input(1);
   Tensor& dst = c.output(0);
   const Tensor& big = scatter ? dst : src;  // the tensor with the indexed axis
-  const int axis = static_cast<int>(c.attrs.i("axis"));
+  const int axis = normalize_axis(c.attrs.i("axis"), big.rank(), "take");
   AxisSplit a = split_at(big.shape(), axis);
   const int64_t nidx = idx.numel();
   const size_t es = dtype_size(src.dtype());
@@ -74,7 +74,7 @@ void gather_kernel(const KernelContext& c) {
   const Tensor& idx = c.input(1);
   const Tensor& big = scatter ? c.output(0) : c.input(0);
   const Tensor& small = scatter ? c.input(0) : c.output(0);  // shaped like idx
-  const int axis = static_cast<int>(c.attrs.i("axis"));
+  const int axis = normalize_axis(c.attrs.i("axis"), big.rank(), "gather");
   const int r = idx.rank();
   Shape bs = contiguous_strides(big.shape());
   if (scatter) cpu::fill(const_cast<Tensor&>(big), 0.0);
@@ -139,7 +139,10 @@ void register_index_ops(OpRegistry& r) {
   tg.attrs = {{"axis", true}};
   tg.num_inputs = 3;
   tg.shape_only_from = 2;
-  tg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+  tg.infer = [](const Specs& in, const Attrs& a) {  // (gy, indices, x)
+    require_like(in[0], forward_specs("take", {in[2], in[1]}, a)[0], "the gradient");
+    return Specs{{in[0].dtype, in[2].shape}};
+  };
   tg.cpu = take_kernel<true>;
   tg.vjp = [](C c) { return std::vector<Value>{take(c.grads[0], c.inputs[1], c.attrs().i("axis")), Value{}, Value{}}; };
   r.add(std::move(tg));
@@ -172,7 +175,10 @@ void register_index_ops(OpRegistry& r) {
   gg.attrs = {{"axis", true}};
   gg.num_inputs = 3;
   gg.shape_only_from = 2;
-  gg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+  gg.infer = [](const Specs& in, const Attrs& a) {  // (gy, indices, x)
+    require_like(in[0], forward_specs("gather", {in[2], in[1]}, a)[0], "the gradient");
+    return Specs{{in[0].dtype, in[2].shape}};
+  };
   gg.cpu = gather_kernel<true>;
   gg.vjp = [](C c) {
     return std::vector<Value>{gather(c.grads[0], c.inputs[1], c.attrs().i("axis")), Value{}, Value{}};

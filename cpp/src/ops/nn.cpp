@@ -301,7 +301,14 @@ void register_nn_ops(OpRegistry& r) {
   OpDef bg;
   bg.name = "batch_norm_grad";
   bg.num_inputs = 5;
-  bg.infer = [](const Specs& in, const Attrs&) { return Specs{in[1], in[2], in[2]}; };
+  bg.infer = [](const Specs& in, const Attrs&) {  // (gy, x, gamma, saved mean, saved inverse std)
+    require_float(in[1], "input");
+    if (in[1].shape.rank() < 2) throw Error("expects an (N, C, ...) input, got " + in[1].str());
+    require_like(in[0], in[1], "the output gradient");
+    const TensorSpec vec{in[1].dtype, Shape{in[1].shape[1]}};
+    for (int i = 2; i < 5; ++i) require_like(in[i], vec, "the scale and the saved statistics");
+    return Specs{in[1], in[2], in[2]};
+  };
   bg.cpu = batch_norm_grad_kernel;
   bg.differentiable = false;  // no second derivative through batch norm
   r.add(std::move(bg));
@@ -345,7 +352,12 @@ void register_nn_ops(OpRegistry& r) {
   cg.name = "softmax_cross_entropy_grad";
   cg.attrs = {{"ignore_index"}, {"label_smoothing"}};
   cg.num_inputs = -1;
-  cg.infer = [](const Specs& in, const Attrs&) { return Specs{in[1]}; };
+  cg.infer = [](const Specs& in, const Attrs& a) {  // (gy, logits, labels[, class weights])
+    if (in.size() < 3 || in.size() > 4) throw Error("expects the gradient, logits, labels and optional weights");
+    const Specs fwd = forward_specs("softmax_cross_entropy", Specs(in.begin() + 1, in.end()), a);
+    require_like(in[0], fwd[0], "the gradient of the per-sample losses");
+    return Specs{in[1]};
+  };
   cg.cpu = ce_grad_kernel;
   cg.differentiable = false;  // no second derivative through the fused loss
   r.add(std::move(cg));

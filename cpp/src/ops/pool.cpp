@@ -455,7 +455,14 @@ void register_pool_ops(OpRegistry& r) {
   mg.name = "max_pool_grad";
   mg.num_inputs = 3;
   mg.shape_only_from = 2;
-  mg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[2].shape}}; };
+  mg.infer = [](const Specs& in, const Attrs&) {  // (gy, indices, x): the indices shaped like gy
+    require_like(in[1], {DType::int64, in[0].shape}, "the indices");
+    const Shape &g = in[0].shape, &x = in[2].shape;
+    if (!is_floating(in[0].dtype) || in[2].dtype != in[0].dtype || g.rank() != x.rank() || g.rank() < 3 ||
+        !dims_compatible(g[0], x[0]) || !dims_compatible(g[1], x[1]))
+      throw Error("expects a gradient and an input (N, C, ...) of one float dtype, got " + specs_str(in));
+    return Specs{{in[0].dtype, in[2].shape}};
+  };
   mg.cpu = max_pool_grad_kernel;
   mg.vjp = [](C c) {  // linear in gy: gather at the same indices
     Value g = c.grads[0];
@@ -472,7 +479,10 @@ void register_pool_ops(OpRegistry& r) {
     ag.attrs = adaptive ? std::vector<AttrSpec>{{"output_size", true}} : pool_attrs();
     ag.num_inputs = 2;
     ag.shape_only_from = 1;
-    ag.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
+    ag.infer = [adaptive](const Specs& in, const Attrs& a) {  // (gy, x)
+      require_like(in[0], forward_specs(adaptive ? "adaptive_avg_pool" : "avg_pool", {in[1]}, a)[0], "the gradient");
+      return Specs{{in[0].dtype, in[1].shape}};
+    };
     ag.cpu = adaptive ? avg_pool_grad_kernel<Mode::adaptive_avg> : avg_pool_grad_kernel<Mode::avg>;
     ag.vjp = [adaptive](C c) {  // linear: the pooling itself
       return std::vector<Value>{c.graph.apply(adaptive ? "adaptive_avg_pool" : "avg_pool", {c.grads[0]}, c.attrs())[0],
@@ -511,7 +521,10 @@ void register_pool_ops(OpRegistry& r) {
   ug.attrs = {{"size", true}, {"mode", true}, {"align_corners"}, {"scale0"}, {"scale1"}, {"scale2"}};
   ug.num_inputs = 2;
   ug.shape_only_from = 1;
-  ug.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
+  ug.infer = [](const Specs& in, const Attrs& a) {  // (gy, x)
+    require_like(in[0], forward_specs("upsample", {in[1]}, a)[0], "the gradient");
+    return Specs{{in[0].dtype, in[1].shape}};
+  };
   ug.cpu = upsample_kernel<true>;
   ug.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("upsample", {c.grads[0]}, c.attrs()), Value{}}; };
   r.add(std::move(ug));

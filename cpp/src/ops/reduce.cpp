@@ -187,7 +187,7 @@ void reduce_into(const Tensor& x, const std::vector<bool>& mask, Tensor& out, do
 
 std::vector<bool> axes_mask(int rank, const std::vector<int64_t>& axes) {
   std::vector<bool> m(rank, false);
-  for (int64_t a : axes) m[a] = true;
+  for (int64_t a : axes) m[normalize_axis(a, rank, "reduce")] = true;
   return m;
 }
 
@@ -220,7 +220,7 @@ void sum_to_like_kernel(const KernelContext& c) {
 template <bool is_max>
 void arg_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
-  const int axis = static_cast<int>(c.attrs.i("axis"));
+  const int axis = normalize_axis(c.attrs.i("axis"), x.rank(), "argmax");
   int64_t outer = 1, red = x.shape()[axis], inner = 1;
   for (int i = 0; i < axis; ++i) outer *= x.shape()[i];
   for (int i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
@@ -247,7 +247,7 @@ void arg_kernel(const KernelContext& c) {
 
 void count_kernel(const KernelContext& c) {
   int64_t n = 1;
-  for (int64_t a : c.attrs.ints("axes")) n *= c.input(0).shape()[static_cast<int>(a)];
+  for (int64_t a : c.attrs.ints("axes")) n *= c.input(0).shape()[normalize_axis(a, c.input(0).rank(), "count")];
   store_as(c.output(0).dtype(), c.output(0).raw(), 0, static_cast<double>(n));
 }
 

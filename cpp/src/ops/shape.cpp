@@ -155,10 +155,11 @@ void move_parts(const Tensor& whole, const Tensor* const* parts, int n, int axis
 }
 
 void concat_kernel(const KernelContext& c) {
-  move_parts(c.output(0), c.in, c.n_in, static_cast<int>(c.attrs.i("axis")), true);
+  move_parts(c.output(0), c.in, c.n_in, normalize_axis(c.attrs.i("axis"), c.output(0).rank(), "concat"), true);
 }
 void split_kernel(const KernelContext& c) {
-  move_parts(c.input(0), const_cast<const Tensor* const*>(c.out), c.n_out, static_cast<int>(c.attrs.i("axis")), false);
+  move_parts(c.input(0), const_cast<const Tensor* const*>(c.out), c.n_out,
+             normalize_axis(c.attrs.i("axis"), c.input(0).rank(), "split"), false);
 }
 
 std::vector<Value> concat_grads(C c) {  // the gradient of a split: its outputs' grads, joined
@@ -368,11 +369,16 @@ void register_shape_ops(OpRegistry& r) {
     const Shape& s = in[0].shape;
     int ax = normalize_axis(a.i("axis"), s.rank(), "split_like");
     Specs out;
+    int64_t total = 0;
     for (size_t k = 1; k < in.size(); ++k) {
+      if (in[k].shape.rank() != s.rank()) throw Error("split_like: parts must have the rank of " + s.str());
       Shape o = s;
       o[ax] = in[k].shape[ax];
+      total = o[ax] < 0 || total < 0 ? kUnknownDim : total + o[ax];
       out.push_back({in[0].dtype, o});
     }
+    if (total >= 0 && s[ax] >= 0 && total != s[ax])
+      throw Error("split_like: the parts add up to " + std::to_string(total) + " along an axis of " + s.str());
     return out;
   };
   sl.cpu = split_kernel;
@@ -392,7 +398,10 @@ void register_shape_ops(OpRegistry& r) {
   sg.attrs = {{"starts", true}, {"stops", true}, {"steps", true}};
   sg.num_inputs = 2;
   sg.shape_only_from = 1;
-  sg.infer = [](const Specs& in, const Attrs&) { return Specs{{in[0].dtype, in[1].shape}}; };
+  sg.infer = [](const Specs& in, const Attrs& a) {  // (gy, x)
+    require_like(in[0], forward_specs("slice", {in[1]}, a)[0], "the gradient");
+    return Specs{{in[0].dtype, in[1].shape}};
+  };
   sg.cpu = slice_grad_kernel;
   sg.vjp = [](C c) { return std::vector<Value>{c.graph.apply1("slice", {c.grads[0]}, c.attrs()), Value{}}; };
   r.add(std::move(sg));

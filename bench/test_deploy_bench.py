@@ -1,0 +1,109 @@
+"""Deployment speed: kiln-run's batch-1 latency (its own --bench median, measured in C++ with no
+Python) against ONNX Runtime on the same architecture, and the load time of a 45 MB .kiln file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import kiln as kn
+from kiln import _run
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+
+def resnet18(lib):
+    """torchvision's ResNet-18 layout (ImageNet stem, [2, 2, 2, 2] basic blocks, 1000 classes)."""
+    nn = lib.nn
+    relu = kn.relu if lib is kn else torch.relu
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = None
+            if stride != 1 or cin != cout:
+                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
+            return relu(y + (x if self.short is None else self.short(x)))
+
+    layers = [nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+              nn.MaxPool2d(3, stride=2, padding=1)]  # fmt: skip
+    cin = 64
+    for i, cout in enumerate((64, 128, 256, 512)):
+        layers += [Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+    return nn.Sequential(*layers)
+
+
+def three_layer(lib):
+    nn = lib.nn
+    return nn.Sequential(nn.Conv2d(3, 32, 7, padding=3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 16 * 16, 100), nn.ReLU(), nn.Linear(100, 10))  # fmt: skip
+
+
+MODELS = {"three-layer ConvNet, batch 1": (three_layer, 32), "ResNet-18 224x224, batch 1": (resnet18, 224)}
+
+
+def kiln_file(tmp_path, make, size):
+    with kn.Graph():
+        kn.manual_seed(0)
+        x = kn.input("x", (None, 3, size, size))
+        f = kn.function([x], make(kn)(x), training=False)
+    path = tmp_path / "model.kiln"
+    kn.save(path, f, name="predict")
+    return path
+
+
+@pytest.mark.skipif(not os.access(_run.binary(), os.X_OK), reason="kiln-run is not installed beside the package")
+@pytest.mark.parametrize("case", list(MODELS))
+def test_kiln_run_latency(record_value, tmp_path, case):
+    make, size = MODELS[case]
+    path = kiln_file(tmp_path, make, size)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
+    rounds = 300 if size == 32 else 30
+    out = subprocess.run([_run.binary(), str(path), "--input", f"x={tmp_path / 'x.npy'}", "--bench", str(rounds)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    median = float(re.search(r"median ([\d.]+) us", out).group(1))
+    record_value(case, "kiln", median * 1e-6)
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_onnxruntime_latency(record, tmp_path, case):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    if torch is None:
+        pytest.skip("PyTorch is needed to export the reference ONNX model")
+    make, size = MODELS[case]
+    model = make(torch).eval()
+    path = str(tmp_path / "model.onnx")
+    torch.onnx.export(model, torch.zeros(1, 3, size, size), path, input_names=["x"], dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    record(case, "onnxruntime", sess.run, None, {"x": x})
+
+
+def test_load_time_of_a_45_mb_file(record, tmp_path):
+    path = kiln_file(tmp_path, resnet18, 224)  # 11.7M float32 parameters and statistics: 47 MB
+    size = os.path.getsize(path)
+    assert size > 45e6
+    kn.load(path)  # the page cache holds the file, as after any first read
+    start = time.perf_counter()
+    kn.load(path)
+    print(f"load of a {size / 1e6:.1f} MB file: {(time.perf_counter() - start) * 1e3:.1f} ms")
+    record(f"load a {size / 1e6:.0f} MB .kiln file", "kiln", kn.load, path)
