@@ -34,7 +34,9 @@ def resnet18(lib):
             self.bn2 = nn.BatchNorm2d(cout)
             self.short = None
             if stride != 1 or cin != cout:
-                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                self.short = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x):
             y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
@@ -69,12 +71,16 @@ def kiln_file(tmp_path, make, size):
     return path
 
 
-@pytest.mark.skipif(not os.access(_run.binary(), os.X_OK), reason="kiln-run is not installed beside the package")
+@pytest.mark.skipif(
+    not os.access(_run.binary(), os.X_OK), reason="kiln-run is not installed beside the package"
+)
 @pytest.mark.parametrize("case", list(MODELS))
 def test_kiln_run_latency(record_value, tmp_path, case):
     make, size = MODELS[case]
     path = kiln_file(tmp_path, make, size)
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
+    np.save(
+        tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    )
     rounds = 300 if size == 32 else 30
     out = subprocess.run([_run.binary(), str(path), "--input", f"x={tmp_path / 'x.npy'}", "--bench", str(rounds)],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip

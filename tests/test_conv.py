@@ -669,16 +669,20 @@ def test_conv_transpose_output_padding_must_be_below_the_stride():
         kn.conv_transpose2d(x, w, dilation=2, output_padding=1)
 
 
+@pytest.mark.parametrize(
+    "window", [(2, 2, 0), (3, 2, 1), (3, 1, 1)], ids=["2x2", "3x3 s2 pad 1", "3x3 s1 pad 1"]
+)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_max_pool_ties_and_nans_on_wide_rows(dtype):
+def test_max_pool_ties_and_nans_on_wide_rows(dtype, window):
     """Rows of 18 outputs: 16 through the vector path of 2x2 pooling, 2 through the scalar one.
     Ties keep the first maximum in window order and a NaN wins, as torch (numpy's argmax agrees)."""
     rng = np.random.default_rng(3)
     xv = rng.integers(0, 3, (2, 3, 34, 37)).astype(dtype)  # many ties
     xv.flat[rng.choice(xv.size, 40, replace=False)] = np.nan
     x = kn.input("x", xv.shape, dtype)
-    y, idx = kn.max_pool2d(x, 2, return_indices=True)
+    k, stride, pad = window  # padded windows clip at the borders, where the loop is not unrolled
+    y, idx = kn.max_pool2d(x, k, stride, pad, return_indices=True)
     got_y, got_idx = kn.function([x], [y, idx])(xv)
-    ref_y, ref_idx = np_max_pool(xv, 2, return_indices=True)
+    ref_y, ref_idx = np_max_pool(xv, k, stride, pad, return_indices=True)
     np.testing.assert_array_equal(got_y, ref_y)
     np.testing.assert_array_equal(got_idx, ref_idx)

@@ -1,6 +1,5 @@
 // Function: a compiled program called with numpy arrays.
 #include "kiln/function.h"
-#include "kiln/io.h"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/map.h>
@@ -9,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "convert.h"
+#include "kiln/io.h"
 
 namespace nb = nanobind;
 using namespace kiln;

@@ -144,32 +144,40 @@ inline int64_t first_nan(const T* plane, int64_t lo, int64_t hi) {
   return lo;
 }
 
-// Max pooling whose windows all lie inside a 2-D (or 1-D) image, the case of nearly every network:
-// the window bounds are the same for all outputs, so the loops are plain.
-bool plain_max_windows(const PoolGeom& g) {
-  if (g.in[0] != 1 || g.ker[0] != 1) return false;
-  for (int d = 1; d < 3; ++d)
-    if (g.pad[d] != 0 || (g.out[d] - 1) * g.stride[d] + g.ker[d] > g.in[d]) return false;
-  return true;
-}
+// 2-D (or 1-D) max pooling, the case of nearly every network: loops over rows and columns, with
+// the window unrolled where it lies inside the image and clipped at the borders (padding).
+bool plain_max_windows(const PoolGeom& g) { return g.in[0] == 1 && g.ker[0] == 1; }
 
-// One plane. KH, KW, S > 0: the window's size and stride known at compile time (2x2 and 3x3,
-// nearly every network's), which lets the compiler unroll the window (3x faster than the
-// general loop).
+// One plane, output columns [ow0, OW). KH, KW, S > 0: the window's size and stride known at
+// compile time (2x2 and 3x3, nearly every network's), which lets the compiler unroll the window
+// (3x faster than the general loop). Every window holds at least one pixel (padding is at most
+// half the kernel).
 template <class T, int KH, int KW, int S>
-void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW, int64_t W, int64_t kh_, int64_t kw_,
-                    int64_t sh_, int64_t sw_) {
+void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t kh_,
+                    int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph, int64_t pw, int64_t ow0 = 0) {
   const int64_t kh = KH > 0 ? KH : kh_, kw = KW > 0 ? KW : kw_, sh = S > 0 ? S : sh_, sw = S > 0 ? S : sw_;
   for (int64_t oh = 0; oh < OH; ++oh)
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      const int64_t base = oh * sh * W + ow * sw;
-      T best = plane[base];
-      int64_t arg = base;
+    for (int64_t ow = ow0; ow < OW; ++ow) {
+      const int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
+      int64_t ha = h0, hb = h0 + kh, wa = w0, wb = w0 + kw;
+      T best;
+      int64_t arg;
       bool nan = false;
-      for (int64_t a = 0; a < kh; ++a)
-        for (int64_t b = 0; b < kw; ++b) fold_max(plane[base + a * W + b], base + a * W + b, best, arg, nan);
-      for (int64_t a = 0; nan && a < kh && !(best != best); ++a) {
-        arg = first_nan(plane, base + a * W, base + a * W + kw);
+      if (h0 >= 0 && w0 >= 0 && hb <= H && wb <= W) {  // inside: the unrolled loop
+        const int64_t base = h0 * W + w0;
+        best = plane[base];
+        arg = base;
+        for (int64_t a = 0; a < kh; ++a)
+          for (int64_t b = 0; b < kw; ++b) fold_max(plane[base + a * W + b], base + a * W + b, best, arg, nan);
+      } else {  // a border window, clipped to the image
+        ha = std::max<int64_t>(ha, 0), hb = std::min(hb, H), wa = std::max<int64_t>(wa, 0), wb = std::min(wb, W);
+        arg = ha * W + wa;
+        best = plane[arg];
+        for (int64_t h = ha; h < hb; ++h)
+          for (int64_t w = wa; w < wb; ++w) fold_max(plane[h * W + w], h * W + w, best, arg, nan);
+      }
+      for (int64_t h = std::max<int64_t>(ha, 0); nan && h < std::min(hb, H) && !(best != best); ++h) {
+        arg = first_nan(plane, h * W + std::max<int64_t>(wa, 0), h * W + std::min(wb, W));
         best = plane[arg];
       }
       out[oh * OW + ow] = best;
@@ -182,7 +190,7 @@ void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW
 typedef float f16v __attribute__((vector_size(64)));
 typedef int32_t i16v __attribute__((vector_size(64)));
 
-void max_pool_2x2_plane(const float* plane, float* out, int64_t* idx, int64_t OH, int64_t OW, int64_t W) {
+void max_pool_2x2_plane(const float* plane, float* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W) {
   constexpr int64_t kLanes = 16;
   const int64_t vec_end = OW / kLanes * kLanes;
   for (int64_t oh = 0; oh < OH; ++oh) {
@@ -210,12 +218,7 @@ void max_pool_2x2_plane(const float* plane, float* out, int64_t* idx, int64_t OH
     }
   }
   if (vec_end < OW)  // the columns past the last whole vector
-    for (int64_t oh = 0; oh < OH; ++oh) {
-      const int64_t start = 2 * oh * W + 2 * vec_end;  // the indices come back relative to it
-      max_pool_plane<float, 2, 2, 2>(plane + start, out + oh * OW + vec_end, idx + oh * OW + vec_end, 1, OW - vec_end,
-                                     W, 2, 2, 2, 2);
-      for (int64_t ow = vec_end; ow < OW; ++ow) idx[oh * OW + ow] += start;
-    }
+    max_pool_plane<float, 2, 2, 2>(plane, out, idx, OH, OW, H, W, 2, 2, 2, 2, 0, 0, vec_end);
 }
 
 template <class T>
@@ -226,14 +229,15 @@ void max_pool_plain(const PoolGeom& g, const T* in, T* out, int64_t* idx) {
     const bool stride2 = g.stride[1] == 2 && g.stride[2] == 2;
     if (g.ker[1] == 2 && g.ker[2] == 2) plane_fn = stride2 ? max_pool_plane<T, 2, 2, 2> : max_pool_plane<T, 2, 2, 0>;
     if (g.ker[1] == 3 && g.ker[2] == 3) plane_fn = stride2 ? max_pool_plane<T, 3, 3, 2> : max_pool_plane<T, 3, 3, 0>;
+    const bool unpadded = g.pad[1] == 0 && g.pad[2] == 0;
     for (int64_t pl = p0; pl < p1; ++pl) {
       if constexpr (std::is_same_v<T, float>)
-        if (g.ker[1] == 2 && g.ker[2] == 2 && stride2) {
-          max_pool_2x2_plane(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[2]);
+        if (g.ker[1] == 2 && g.ker[2] == 2 && stride2 && unpadded) {
+          max_pool_2x2_plane(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[1], g.in[2]);
           continue;
         }
-      plane_fn(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[2], g.ker[1], g.ker[2], g.stride[1],
-               g.stride[2]);
+      plane_fn(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[1], g.in[2], g.ker[1], g.ker[2],
+               g.stride[1], g.stride[2], g.pad[1], g.pad[2], 0);
     }
   });
 }
