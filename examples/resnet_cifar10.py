@@ -41,7 +41,7 @@ def resnet(width: int, blocks: int) -> kn.nn.Sequential:
 def main() -> float:
     p = parser(__doc__)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--blocks", type=int, default=1, help="basic blocks per stage (1: ResNet-8, 3: ResNet-20)")
+    p.add_argument("--blocks", type=int, default=3, help="basic blocks per stage (3: ResNet-20, 1: ResNet-8)")
     p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
     xtr, ytr, xte, yte = cifar10(args.train, args.test)
@@ -51,7 +51,7 @@ def main() -> float:
     x, y = kn.input("x", (None, 3, 32, 32)), kn.input("y", (None,), "int64")
     model = resnet(args.width, args.blocks)
     logits = model(x)
-    epochs = args.epochs or 40
+    epochs = args.epochs or 30
     opt = kn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     augment = kn.data.Compose([kn.data.RandomCrop(32, padding=4), kn.data.RandomHorizontalFlip()])
     data = (xtr, ytr, xte, yte)

@@ -686,3 +686,38 @@ def test_max_pool_ties_and_nans_on_wide_rows(dtype, window):
     ref_y, ref_idx = np_max_pool(xv, k, stride, pad, return_indices=True)
     np.testing.assert_array_equal(got_y, ref_y)
     np.testing.assert_array_equal(got_idx, ref_idx)
+
+
+@pytest.mark.parametrize(
+    "dtype, stride", [("float32", 1), ("float32", 2), ("float64", 1)], ids=["direct", "im2col", "float64"]
+)
+def test_inference_fuses_relu_into_the_convolution(dtype, stride):
+    """conv -> relu compiles to one node in an inference function (the convolution applies the ReLU
+    as it stores); its values are numpy's max(0, conv). A training step keeps them apart (relu's
+    gradient reads the convolution's output)."""
+    rng = np.random.default_rng(4)
+    xv, wv, bv = (
+        rng.standard_normal((2, 4, 20, 20)),
+        rng.standard_normal((6, 4, 3, 3)),
+        rng.standard_normal(6),
+    )
+    xv, wv, bv = xv.astype(dtype), wv.astype(dtype), bv.astype(dtype)
+    x = kn.input("x", xv.shape, dtype)
+    conv_out = kn.conv2d(x, kn.constant(wv, dtype=dtype), kn.constant(bv, dtype=dtype), stride=stride, padding=1)
+    y = kn.relu(conv_out)
+    fused = kn.function([x], y, training=False)
+    apart = kn.function([x], [y, conv_out], training=False)  # the conv output is used twice: no fusion
+    assert fused.num_nodes == apart.num_nodes - 1
+    ref = np.maximum(
+        np_conv(
+            xv.astype(np.float64), wv.astype(np.float64), bv.astype(np.float64), stride=stride, padding=1
+        ),
+        0,
+    )
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(fused(xv), ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(apart(xv)[0], ref, rtol=tol, atol=tol)
+    loss = kn.sum(y)
+    (gw,) = kn.grad(loss, [x])
+    step = kn.function([x], [loss, gw])
+    np.testing.assert_allclose(step(xv)[0], ref.sum(), rtol=tol)

@@ -74,5 +74,5 @@ def test_convnet_mnist_short():
 
 @needs_cifar
 def test_resnet_cifar10_short():
-    acc = run("resnet_cifar10.py", "--train", "3000", "--test", "500", "--epochs", "1")
-    assert acc["resnet_cifar10"] > 15  # 23 steps; full run: 82.9%
+    acc = run("resnet_cifar10.py", "--train", "3000", "--test", "500", "--epochs", "1", "--blocks", "1")
+    assert acc["resnet_cifar10"] > 15  # 23 steps of ResNet-8; full run of ResNet-20: 86.6%

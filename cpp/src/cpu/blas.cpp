@@ -65,7 +65,7 @@ void row_times_matrix(bool tb, int n, int k, T alpha, const T* a, int inca, cons
   };
   constexpr int64_t kMinWork = int64_t(1) << 16;
   if (int64_t(n) * k < kMinWork || num_threads() == 1 || detail::in_parallel_region()) return block(0, n);
-  parallel_for((n + 15) / 16, 1, [&](int64_t b0, int64_t b1) { block(b0 * 16, std::min<int64_t>(n, b1 * 16)); });
+  parallel_for((n + 3) / 4, 1, [&](int64_t b0, int64_t b1) { block(b0 * 4, std::min<int64_t>(n, b1 * 4)); });
 }
 
 template <class T>

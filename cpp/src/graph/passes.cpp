@@ -104,6 +104,35 @@ void merge_common(Program& p) {
   for (auto& u : p.updates) u.second.node = canon[u.second.node];
 }
 
+// conv -> relu where the convolution's output feeds nothing else: the convolution applies the ReLU
+// as it stores its result (one pass over the activations fewer). In a training step the output
+// also feeds relu's gradient, so this fuses in inference programs.
+void fuse_conv_relu(Program& p) {
+  std::vector<std::vector<int>> uses(p.nodes.size());
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    uses[id].assign(p.nodes[id].outputs.size(), 0);
+    for (const Edge& e : p.nodes[id].inputs) ++uses[e.node][e.index];
+  }
+  for (const Edge& e : p.outputs) ++uses[e.node][e.index];
+  for (auto& u : p.updates) ++uses[u.second.node][u.second.index];
+  std::vector<Edge> redirect(p.nodes.size(), Edge{});
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    ProgramNode& n = p.nodes[id];
+    for (Edge& e : n.inputs)
+      if (redirect[e.node].valid() && e.index == 0) e = redirect[e.node];
+    if (!is_op(n, "relu")) continue;
+    const Edge in = n.inputs[0];
+    ProgramNode& c = p.nodes[in.node];
+    if (!is_op(c, "conv") || c.attrs.i("relu", 0) || uses[in.node][0] != 1) continue;
+    c.attrs.set("relu", int64_t{1});
+    redirect[id] = in;  // relu's consumers now read the convolution; dead-code removes relu
+  }
+  for (Edge& e : p.outputs)
+    if (redirect[e.node].valid()) e = redirect[e.node];
+  for (auto& u : p.updates)
+    if (redirect[u.second.node].valid()) u.second = redirect[u.second.node];
+}
+
 // A training function writes back the state its ops declare (batch norm's running statistics):
 // the user never has to collect these updates.
 void add_state_updates(Program& p) {
@@ -201,6 +230,7 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
   }
   fold_constants(*p);
   merge_common(*p);
+  fuse_conv_relu(*p);
   eliminate_dead(*p);
   return p;
 }

@@ -200,7 +200,7 @@ int64_t parts_in(const Geom& g, Pass pass, size_t workspace_bytes, size_t elem) 
 template <class T>
 void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws, size_t ws_bytes) {
   if constexpr (std::is_same_v<T, float>)
-    if (direct_applies(g, Pass::forward)) return direct_forward(g, x, w, bias, out, ws, ws_bytes);
+    if (direct_applies(g, Pass::forward)) return direct_forward(g, x, w, bias, false, out, ws, ws_bytes);
   if (shifted_applies(g)) return shifted_forward(g, x, w, bias, out, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::forward, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();
@@ -321,14 +321,24 @@ size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
 }
 
-// conv(x, w[, b]) -> y
+// conv(x, w[, b]) -> y; with the attribute relu (set by the compiler's fusion pass), max(0, y).
 void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
-  KILN_DISPATCH_FLOAT(x.dtype(), "conv",
-                      conv_forward<scalar_t>(
-                          g, x.data<scalar_t>(), w.data<scalar_t>(), c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr,
-                          c.output(0).data<scalar_t>(), static_cast<scalar_t*>(c.workspace), c.workspace_bytes));
+  const bool relu = c.attrs.i("relu", 0) != 0;
+  if (relu && x.dtype() == DType::float32 && direct_applies(g, Pass::forward))
+    return direct_forward(g, x.data<float>(), w.data<float>(), c.n_in > 2 ? c.input(2).data<float>() : nullptr, true,
+                          c.output(0).data<float>(), static_cast<float*>(c.workspace), c.workspace_bytes);
+  KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
+    scalar_t* y = c.output(0).data<scalar_t>();
+    conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),
+                           c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr, y, static_cast<scalar_t*>(c.workspace),
+                           c.workspace_bytes);
+    if (relu)
+      cpu::parallel_for(c.output(0).numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) y[i] = y[i] > 0 ? y[i] : scalar_t(0);
+      });
+  });
 }
 
 // conv_input_grad(gy, w, x_ref) -> dx ; conv_transpose(x, w[, b]) -> y uses the same kernel with
@@ -449,6 +459,7 @@ void register_conv_ops(OpRegistry& r) {
   OpDef cv;
   cv.name = "conv";
   cv.attrs = conv_attrs();
+  cv.attrs.push_back({"relu"});  // fused by the compiler (graph/passes.cpp), never by users
   cv.num_inputs = -1;
   cv.infer = infer_conv;
   cv.cpu = conv_kernel;
@@ -456,6 +467,7 @@ void register_conv_ops(OpRegistry& r) {
     return workspace_of(make_geom(in[0].shape, in[1].shape, a, "conv"), Pass::forward, in[0].dtype);
   };
   cv.vjp = [](C c) {
+    if (c.attrs().i("relu", 0)) throw Error("conv: a convolution with a fused ReLU has no gradient rule");
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
     std::vector<Value> out(c.inputs.size());
     if (c.needs_grad[0]) out[0] = c.graph.apply1("conv_input_grad", {gy, w, x}, c.attrs());

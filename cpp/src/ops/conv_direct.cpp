@@ -131,7 +131,7 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
 // across the samples, so small images (4 vectors of an 8x8) fill every block.
 template <int R>
 void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wblock, int64_t grp, int64_t k0,
-                   const float* bias, float* y) {
+                   const float* bias, bool relu, float* y) {
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
   const int64_t nk = std::min(kFilters, d.kg() - k0), total = ns * V;
   int64_t off[kMaxTaps];
@@ -166,6 +166,9 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
         }
       }
     }
+    if (relu)  // fused: max(0, y) while the block is in registers
+      for (int64_t i = 0; i < kFilters; ++i)
+        for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] > 0 ? acc[i][j] : 0;
     for (int64_t j = 0; j < nv; ++j) {
       const int64_t v = v0 + j;
       float* yv = y + (v / V) * d.k * P + (grp * d.kg() + k0) * P + d.y_at(v % V);
@@ -257,8 +260,8 @@ int64_t parts_of(const Direct& d, Pass pass, int64_t shared, size_t ws_bytes, in
 }
 
 template <int R>
-void run_forward(const Direct& d, const float* x, const float* w, bool flip_transpose, const float* bias, float* y,
-                 float* ws, size_t ws_bytes) {
+void run_forward(const Direct& d, const float* x, const float* w, bool flip_transpose, const float* bias, bool relu,
+                 float* y, float* ws, size_t ws_bytes) {
   float* packed = ws;
   pack(d, w, flip_transpose, packed);
   const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk;
@@ -272,7 +275,7 @@ void run_forward(const Direct& d, const float* x, const float* w, bool flip_tran
       // with one part (a batch of one) the filter blocks spread over the pool; else run here
       cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j)
-          forward_block<R>(d, buf, ns, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias,
+          forward_block<R>(d, buf, ns, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias, relu,
                            y + n0 * d.k * P);
       });
     }
@@ -357,15 +360,15 @@ size_t direct_workspace(const Geom& g, Pass pass) {
   return workspace_of(pass == Pass::input_grad ? input_grad_of(g) : forward_of(g), pass);
 }
 
-void direct_forward(const Geom& g, const float* x, const float* w, const float* bias, float* out, float* ws,
+void direct_forward(const Geom& g, const float* x, const float* w, const float* bias, bool relu, float* out, float* ws,
                     size_t ws_bytes) {
   const Direct d = forward_of(g);
-  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, x, w, false, bias, out, ws, ws_bytes); });
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, x, w, false, bias, relu, out, ws, ws_bytes); });
 }
 
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {
   const Direct d = input_grad_of(g);
-  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, gy, w, true, nullptr, dx, ws, ws_bytes); });
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, gy, w, true, nullptr, false, dx, ws, ws_bytes); });
 }
 
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes) {
