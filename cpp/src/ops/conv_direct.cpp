@@ -88,17 +88,16 @@ struct Direct {
 // (zero for filters past the group's last). flip_transpose: the input gradient's weights,
 // w'[c][k][tap] = w[k][c][taps - 1 - tap], read from the forward's (K, C/groups, ...) array, whose
 // filters are this convolution's channels and the other way round.
-void pack(const Direct& d, const float* w, bool flip_transpose, float* packed) {
-  const int64_t cg = d.cg(), kg = d.kg(), T = d.taps();
-  std::fill(packed, packed + d.packed(), 0.f);
-  for (int64_t grp = 0; grp < d.groups; ++grp)
-    for (int64_t k = 0; k < kg; ++k)
-      for (int64_t c = 0; c < cg; ++c)
-        for (int64_t t = 0; t < T; ++t) {
-          const float v =
-              flip_transpose ? w[((grp * cg + c) * kg + k) * T + (T - 1 - t)] : w[((grp * kg + k) * cg + c) * T + t];
-          packed[(((grp * d.blocks() + k / kFilters) * cg + c) * T + t) * kFilters + k % kFilters] = v;
-        }
+// Packs block j = (group, filter block) only: the jobs pack their own blocks, in parallel.
+void pack_block(const Direct& d, const float* w, bool flip_transpose, int64_t j, float* packed) {
+  const int64_t cg = d.cg(), kg = d.kg(), T = d.taps(), grp = j / d.blocks(), k0 = j % d.blocks() * kFilters;
+  float* out = packed + j * cg * T * kFilters;
+  std::fill(out, out + cg * T * kFilters, 0.f);
+  for (int64_t k = k0; k < std::min(kg, k0 + kFilters); ++k)
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t t = 0; t < T; ++t)
+        out[(c * T + t) * kFilters + k - k0] =
+            flip_transpose ? w[((grp * cg + c) * kg + k) * T + (T - 1 - t)] : w[((grp * kg + k) * cg + c) * T + t];
 }
 
 // The sample's input, zero-padded: buf[c][hp][wq] with x at (pt, pl).
@@ -263,10 +262,16 @@ template <int R>
 void run_forward(const Direct& d, const float* x, const float* w, bool flip_transpose, const float* bias, bool relu,
                  float* y, float* ws, size_t ws_bytes) {
   float* packed = ws;
-  pack(d, w, flip_transpose, packed);
   const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk;
   const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, chunks), jobs = d.groups * d.blocks();
   const int64_t block_elems = d.cg() * d.taps() * kFilters, P = d.oh * d.ow;
+  // One chunk (a small batch): each job packs its block just before using it, so the block is
+  // still in cache and the weights are read once. Several: pack once, all threads at a time.
+  const bool pack_in_job = chunks == 1;
+  if (!pack_in_job)
+    cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) pack_block(d, w, flip_transpose, j, packed);
+    });
   run_parts(parts, [&](int64_t part) {
     float* buf = packed + d.packed() + part * slice_of(d, Pass::forward);
     for (int64_t ch = chunks * part / parts; ch < chunks * (part + 1) / parts; ++ch) {
@@ -274,9 +279,11 @@ void run_forward(const Direct& d, const float* x, const float* w, bool flip_tran
       for (int64_t s = 0; s < ns; ++s) pad_sample(d, x + (n0 + s) * d.c * d.h * d.w, buf + s * d.padded());
       // with one part (a batch of one) the filter blocks spread over the pool; else run here
       cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j)
+        for (int64_t j = j0; j < j1; ++j) {
+          if (pack_in_job) pack_block(d, w, flip_transpose, j, packed);
           forward_block<R>(d, buf, ns, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias, relu,
                            y + n0 * d.k * P);
+        }
       });
     }
   });
