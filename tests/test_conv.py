@@ -703,7 +703,9 @@ def test_inference_fuses_relu_into_the_convolution(dtype, stride):
     )
     xv, wv, bv = xv.astype(dtype), wv.astype(dtype), bv.astype(dtype)
     x = kn.input("x", xv.shape, dtype)
-    conv_out = kn.conv2d(x, kn.constant(wv, dtype=dtype), kn.constant(bv, dtype=dtype), stride=stride, padding=1)
+    conv_out = kn.conv2d(
+        x, kn.constant(wv, dtype=dtype), kn.constant(bv, dtype=dtype), stride=stride, padding=1
+    )
     y = kn.relu(conv_out)
     fused = kn.function([x], y, training=False)
     apart = kn.function([x], [y, conv_out], training=False)  # the conv output is used twice: no fusion
