@@ -76,9 +76,11 @@ def three_layer_torch():
                          nn.Linear(32 * 16 * 16, 100), nn.ReLU(), nn.Linear(100, 10))  # fmt: skip
 
 
-def resnet8(lib):
-    """16/32/64 channels, one basic block per stage, batch norm: 8 weight layers."""
+def basic_block(lib):
+    """The ResNet basic block class of kiln's or torch's nn: two 3x3 conv-BN layers and a shortcut
+    (1x1 conv-BN when the shape changes). Shared with test_deploy_bench's ResNet-18."""
     nn = lib.nn
+    relu = kn.relu if lib is kn else torch.relu
 
     class Block(nn.Module):
         def __init__(self, cin, cout, stride):
@@ -94,11 +96,15 @@ def resnet8(lib):
                 )
 
         def forward(self, x):
-            relu = kn.relu if lib is kn else torch.relu
-            y = relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
+            y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
             return relu(y + (x if self.short is None else self.short(x)))
 
+    return Block
+
+
+def resnet8(lib):
+    """16/32/64 channels, one basic block per stage, batch norm: 8 weight layers."""
+    nn, Block = lib.nn, basic_block(lib)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
         Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from test_conv_bench import basic_block
 
 import kiln as kn
 from kiln import _run
@@ -22,26 +23,7 @@ except ImportError:
 
 def resnet18(lib):
     """torchvision's ResNet-18 layout (ImageNet stem, [2, 2, 2, 2] basic blocks, 1000 classes)."""
-    nn = lib.nn
-    relu = kn.relu if lib is kn else torch.relu
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.short = None
-            if stride != 1 or cin != cout:
-                self.short = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(relu(self.bn1(self.conv1(x)))))
-            return relu(y + (x if self.short is None else self.short(x)))
-
+    nn, Block = lib.nn, basic_block(lib)
     layers = [nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
               nn.MaxPool2d(3, stride=2, padding=1)]  # fmt: skip
     cin = 64
