@@ -661,12 +661,34 @@ def test_summary_of_a_real_alexnet_conv1():
         )
 
 
-def test_conv_transpose_output_padding_must_be_below_the_stride():
-    # torch also allows output_padding < dilation; kiln keeps the adjoint exact by asking < stride
+def test_conv_transpose_output_padding_must_be_below_the_stride_or_the_dilation():
     x = kn.input("x", (1, 1, 3, 4))
     w = kn.input("w", (1, 2, 2, 2))
-    with pytest.raises(kn.Error, match="output_padding must be smaller than the stride"):
-        kn.conv_transpose2d(x, w, dilation=2, output_padding=1)
+    with pytest.raises(
+        kn.Error, match="output_padding must be smaller than the stride 1 or the dilation 2, got 2"
+    ):
+        kn.conv_transpose2d(x, w, dilation=2, output_padding=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_transpose_output_padding_below_the_dilation(dtype):
+    """As torch: output_padding may reach past the stride when below the dilation; the extra rows
+    and columns get only the bias. Values against numpy, gradients by finite differences."""
+    rng = np.random.default_rng(5)
+    xv, wv, bv = rng.standard_normal((2, 3, 5, 6)), rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(4)
+    kw = dict(stride=1, padding=1, dilation=3, output_padding=(2, 1))
+    x = kn.input("x", xv.shape, dtype)
+    y = kn.conv_transpose2d(x, kn.constant(wv, dtype=dtype), kn.constant(bv, dtype=dtype), **kw)
+    ref = np_conv_transpose(xv, wv, bv, **kw)
+    assert y.shape == ref.shape == (2, 4, 11, 11)  # (H - 1) s - 2p + d (k - 1) + output_padding + 1, as torch
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(kn.function([x], y)(xv.astype(dtype)), ref, rtol=tol, atol=tol)
+    if dtype == "float64":
+        small = [rng.standard_normal((1, 2, 3, 2)), rng.standard_normal((2, 2, 2, 2)), rng.standard_normal(2)]
+        err = kn.gradcheck(
+            lambda a, w, b: kn.sum(kn.conv_transpose2d(a, w, b, dilation=2, output_padding=1) ** 2), small
+        )
+        assert err < 1e-6
 
 
 @pytest.mark.parametrize(

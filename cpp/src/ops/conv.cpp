@@ -412,11 +412,10 @@ Shape transpose_out_shape(const Shape& x, const Shape& w, const Attrs& a) {
              &op = ints_of(a, "output_padding", sp, "conv_transpose");
   Shape out{x[0], w[1] * groups};
   for (int i = 0; i < sp; ++i) {
-    // torch also accepts output_padding < dilation; kiln asks for < stride, where the adjoint
-    // (a plain convolution) lands exactly on the input's size
-    if (op[i] < 0 || op[i] >= st[i])
-      throw Error("conv_transpose: output_padding must be smaller than the stride " + std::to_string(st[i]) + ", got " +
-                  std::to_string(op[i]));
+    // as torch: output_padding below the stride or the dilation (the extra rows get the bias only)
+    if (op[i] < 0 || op[i] >= std::max(st[i], dl[i]))
+      throw Error("conv_transpose: output_padding must be smaller than the stride " + std::to_string(st[i]) +
+                  " or the dilation " + std::to_string(dl[i]) + ", got " + std::to_string(op[i]));
     int64_t in = x[2 + i];
     int64_t o = in < 0 ? kUnknownDim : (in - 1) * st[i] - pb[i] - pe[i] + dl[i] * (w[2 + i] - 1) + op[i] + 1;
     if (in >= 0 && o <= 0)
@@ -484,9 +483,16 @@ void register_conv_ops(OpRegistry& r) {
     d.attrs = conv_attrs();
     d.num_inputs = 3;
     d.shape_only_from = 2;
-    d.infer = [pass](const Specs& in, const Attrs& a) {  // gy must be what the convolution gives
+    d.infer = [pass](const Specs& in, const Attrs& a) {
+      // gy: what the convolution gives, or, as the adjoint of a transposed convolution whose
+      // output_padding reaches past the stride, up to that many rows and columns fewer: the
+      // kernels compute only gy's positions, every one of which reads inside the input.
       const Specs fwd = pass == Pass::input_grad ? infer_conv({in[2], in[1]}, a) : infer_conv({in[1], in[2]}, a);
-      require_like(in[0], fwd[0], "the output gradient");
+      const Shape &g = in[0].shape, &y = fwd[0].shape;
+      bool ok = in[0].dtype == fwd[0].dtype && g.rank() == y.rank();
+      for (int i = 0; ok && i < g.rank(); ++i)
+        ok = i < 2 ? dims_compatible(g[i], y[i]) : (g[i] < 0 || y[i] < 0 || g[i] <= y[i]);
+      if (!ok) throw Error("the output gradient must be " + fwd[0].str() + ", got " + in[0].str());
       return Specs{{in[0].dtype, in[2].shape}};
     };
     d.cpu = kernel;
@@ -533,7 +539,18 @@ void register_conv_ops(OpRegistry& r) {
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
     Attrs a = conv_side(c.attrs());
     std::vector<Value> out(c.inputs.size());
-    if (c.needs_grad[0]) out[0] = c.graph.apply1("conv", {gy, w}, a);
+    if (c.needs_grad[0]) {
+      out[0] = c.graph.apply1("conv", {gy, w}, a);
+      // output_padding at or past the stride: the convolution of the output has rows (or columns)
+      // the input lacks, which read only the padding; crop them
+      bool larger = false;
+      for (int i = 2; i < x.rank(); ++i) larger |= out[0].shape()[i] != x.shape()[i];
+      if (larger) {
+        std::vector<int64_t> starts(x.rank(), 0), stops(x.rank(), kSliceNone), steps(x.rank(), 1);
+        for (int i = 2; i < x.rank(); ++i) stops[i] = x.shape()[i];
+        out[0] = slice(out[0], starts, stops, steps);
+      }
+    }
     if (c.needs_grad[1]) out[1] = c.graph.apply1("conv_weight_grad", {x, gy, w}, a);
     if (c.inputs.size() > 2 && c.needs_grad[2]) out[2] = sum(gy, bias_axes(gy.rank()));
     return out;
