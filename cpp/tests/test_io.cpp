@@ -87,3 +87,13 @@ TEST(File, NpyRoundTripAndErrors) {
   EXPECT_THROW(load_npy(path), Error);
   std::remove(path.c_str());
 }
+
+TEST(Cuda, QueriesAnswerOnAnyMachine) {
+  const int n = cuda::device_count();
+  EXPECT_GE(n, 0);
+  EXPECT_EQ(cuda::is_available(), cuda::is_built() && n > 0);
+  if (cuda::is_available())
+    cuda::self_test();  // a kernel's result checked on the host
+  else
+    EXPECT_THROW(cuda::self_test(), Error);
+}

@@ -139,7 +139,11 @@ void summarise(const std::string& name, const kiln::Tensor& t) {
 
 int run(const Args& a) {
   if (a.threads) kiln::set_num_threads(a.threads);
-  if (a.device == "cuda") throw kiln::Error("--device cuda: this kiln was built without its CUDA backend");
+  if (a.device == "cuda") {
+    if (!kiln::cuda::is_available()) throw kiln::Error("--device cuda: " + kiln::cuda::status());
+    throw kiln::Error("--device cuda: running functions on the GPU is not implemented yet (" + kiln::cuda::status() +
+                      ")");
+  }
   kiln::Bundle b = kiln::load_bundle(a.file);
   if (a.info) return print_info(a, b), 0;
   if (a.function.empty() && b.names.size() > 1) {

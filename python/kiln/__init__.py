@@ -38,7 +38,7 @@ from .ops import *
 from .functional import *
 from .losses import *
 from .conv import *
-from . import classic, data, init, nn, optim, train
+from . import classic, cuda, data, init, nn, optim, train
 from .init import manual_seed
 from .summary import summary
 

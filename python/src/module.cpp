@@ -13,6 +13,7 @@ namespace nb = nanobind;
 void bind_graph(nb::module_& m);
 void bind_ops(nb::module_& m);
 void bind_function(nb::module_& m);
+void bind_cuda(nb::module_& m);
 
 NB_MODULE(_core, m) {
   static nb::exception<kiln::Error> error(m, "Error", PyExc_ValueError);
@@ -36,4 +37,5 @@ NB_MODULE(_core, m) {
   bind_graph(m);
   bind_ops(m);
   bind_function(m);
+  bind_cuda(m);
 }

@@ -1,6 +1,7 @@
 #pragma once
 // kiln's public C++ API.
 #include "kiln/autodiff.h"
+#include "kiln/cuda.h"
 #include "kiln/dtype.h"
 #include "kiln/error.h"
 #include "kiln/function.h"
