@@ -159,3 +159,14 @@ def test_the_programs_do_not_link_python():
         libs = subprocess.run(["ldd", os.path.join(BIN, program)], capture_output=True, text=True).stdout
         assert "libpython" not in libs, f"{program} links Python:\n{libs}"
         assert "libscipy_openblas" in libs or "blas" in libs  # ldd did list the libraries
+
+
+@needs_bin
+@pytest.mark.skipif(shutil.which("kiln-run") is None, reason="the kiln-run command is not on PATH")
+def test_the_kiln_run_command_on_path_runs_the_shipped_program(tmp_path):
+    x = kn.input("x", (None, 3))
+    kn.save(tmp_path / "f.kiln", kn.function([x], x * 2.0), name="double")
+    info = subprocess.run(
+        ["kiln-run", str(tmp_path / "f.kiln"), "--info"], capture_output=True, text=True, timeout=60
+    )
+    assert info.returncode == 0 and "function double (inference)" in info.stdout
