@@ -165,7 +165,7 @@ def test_the_programs_do_not_link_python():
 @pytest.mark.skipif(shutil.which("kiln-run") is None, reason="the kiln-run command is not on PATH")
 def test_the_kiln_run_command_on_path_runs_the_shipped_program(tmp_path):
     x = kn.input("x", (None, 3))
-    kn.save(tmp_path / "f.kiln", kn.function([x], x * 2.0), name="double")
+    kn.save(tmp_path / "f.kiln", kn.function([x], x * 2.0, training=False), name="double")
     info = subprocess.run(
         ["kiln-run", str(tmp_path / "f.kiln"), "--info"], capture_output=True, text=True, timeout=60
     )

@@ -111,7 +111,10 @@ void print_info(const Args& a, const kiln::Bundle& b) {
               b.variables->all().size(), static_cast<long long>(elements), static_cast<long long>(params));
   for (const std::string& name : b.names) {
     const kiln::Function& f = *b.functions.at(name);
-    std::printf("function %s (%s):\n", name.c_str(), f.training() ? "training: updates its variables" : "inference");
+    const std::string mode = f.num_updates() ? "training: updates " + std::to_string(f.num_updates()) + " variables"
+                             : f.training()  ? "training mode"
+                                             : "inference";
+    std::printf("function %s (%s):\n", name.c_str(), mode.c_str());
     const auto in = f.input_specs();
     for (size_t i = 0; i < in.size(); ++i)
       std::printf("  input  %-16s %s\n", f.input_names()[i].c_str(), spec_str(in[i]).c_str());

@@ -52,6 +52,7 @@ class Function {
   std::vector<TensorSpec> input_specs() const;
   std::vector<TensorSpec> output_specs() const;  // symbolic (-1) dims where they depend on the inputs
   bool training() const;
+  int num_updates() const;  // variables each call writes (optimizer steps, batch-norm statistics)
   // The variables this function reads and updates, shared with the functions of the same graph.
   const std::shared_ptr<VariableStore>& variables() const;
   // The trainable variables (parameters) the function reads.

@@ -27,6 +27,7 @@ int Function::num_plans() const { return static_cast<int>(plans_.size()); }
 PlanStats Function::plan_stats() const { return last_plan_ ? last_plan_->stats : PlanStats{}; }
 
 bool Function::training() const { return program_->training; }
+int Function::num_updates() const { return static_cast<int>(program_->updates.size()); }
 const std::shared_ptr<VariableStore>& Function::variables() const { return program_->variables; }
 
 std::vector<std::string> Function::parameters() const {
