@@ -199,8 +199,6 @@ int64_t parts_in(const Geom& g, Pass pass, size_t workspace_bytes, size_t elem) 
 // out[n, k, p] = conv(x, w)[n, k, p] + bias[k]
 template <class T>
 void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, T* ws, size_t ws_bytes) {
-  if constexpr (std::is_same_v<T, float>)
-    if (direct_applies(g, Pass::forward)) return direct_forward(g, x, w, bias, false, out, ws, ws_bytes);
   if (shifted_applies(g)) return shifted_forward(g, x, w, bias, out, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::forward, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows();
@@ -326,8 +324,8 @@ void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
   const bool relu = c.attrs.i("relu", 0) != 0;
-  if (relu && x.dtype() == DType::float32 && direct_applies(g, Pass::forward))
-    return direct_forward(g, x.data<float>(), w.data<float>(), c.n_in > 2 ? c.input(2).data<float>() : nullptr, true,
+  if (x.dtype() == DType::float32 && direct_applies(g, Pass::forward))  // applies the ReLU as it stores
+    return direct_forward(g, x.data<float>(), w.data<float>(), c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu,
                           c.output(0).data<float>(), static_cast<float*>(c.workspace), c.workspace_bytes);
   KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
     scalar_t* y = c.output(0).data<scalar_t>();

@@ -54,6 +54,21 @@ int64_t parts_of(const Geom& g, const Grid& gr, Pass pass, size_t ws_bytes, size
   return std::min(std::max<int64_t>(slots, 1), (g.n + gr.nb - 1) / gr.nb);
 }
 
+// Calls fn(part, slice, n0, nb, first) for each tile of samples [n0, n0 + nb), the tiles spread
+// over the parts, each part with its workspace slice (after the packed weights); first: the part's
+// first tile. Returns the number of parts.
+template <class T, class F>
+int64_t for_each_tile(const Geom& g, const Grid& gr, Pass pass, T* ws, size_t ws_bytes, F&& fn) {
+  const int64_t parts = parts_of(g, gr, pass, ws_bytes, sizeof(T)), tiles = (g.n + gr.nb - 1) / gr.nb;
+  run_parts(parts, [&](int64_t part) {
+    T* slice = ws + packed_elems(g) + part * slice_elems(g, gr, pass);
+    const int64_t first = tiles * part / parts;
+    for (int64_t tile = first; tile < tiles * (part + 1) / parts; ++tile)
+      fn(part, slice, tile * gr.nb, std::min(gr.nb, g.n - tile * gr.nb), tile == first);
+  });
+  return parts;
+}
+
 // Copies between the (N, ch, d, h, w) tensor t, extents e, and buf[ch][s * S + grid position]:
 // element (n0 + s, ch, i, j, l) of t is grid position (i + o[0], j + o[1], l + o[2]) of sample s.
 // to_grid: t -> buf (the rest of buf is left alone); else buf -> t, adding bias[ch] if given.
@@ -111,20 +126,15 @@ void shifted_forward(const Geom& g, const T* x, const T* w, const T* bias, T* ou
   const int64_t kg = g.kg(), cg = g.cg(), pitch = gr.pitch(), cols = gr.cols(), kc = g.k * cg;
   const int64_t zero_off[3] = {0, 0, 0};
   pack_weights(g, w, ws);
-  const int64_t parts = parts_of(g, gr, Pass::forward, ws_bytes, sizeof(T)), tiles = (g.n + gr.nb - 1) / gr.nb;
-  run_parts(parts, [&](int64_t part) {
-    T* xb = ws + packed_elems(g) + part * slice_elems(g, gr, Pass::forward);
+  for_each_tile(g, gr, Pass::forward, ws, ws_bytes, [&](int64_t, T* xb, int64_t n0, int64_t nb, bool) {
     T* yb = xb + g.c * pitch;
-    for (int64_t tile = tiles * part / parts; tile < tiles * (part + 1) / parts; ++tile) {
-      const int64_t n0 = tile * gr.nb, nb = std::min(gr.nb, g.n - n0);
-      zero(xb, g.c * pitch, sizeof(T));
-      grid_copy(true, const_cast<T*>(x), g.c, g.in, g.pad, gr, pitch, n0, nb, xb);
-      for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t t = 0; t < g.kk(); ++t)
-          cpu::gemm(false, false, kg, nb * gr.S, cg, T(1), ws + t * kc + grp * kg * cg, cg,
-                    xb + grp * cg * pitch + gr.offset(g, t), pitch, t ? T(1) : T(0), yb + grp * kg * cols, cols);
-      grid_copy(false, out, g.k, g.out, zero_off, gr, cols, n0, nb, yb, bias);
-    }
+    zero(xb, g.c * pitch, sizeof(T));
+    grid_copy(true, const_cast<T*>(x), g.c, g.in, g.pad, gr, pitch, n0, nb, xb);
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      for (int64_t t = 0; t < g.kk(); ++t)
+        cpu::gemm(false, false, kg, nb * gr.S, cg, T(1), ws + t * kc + grp * kg * cg, cg,
+                  xb + grp * cg * pitch + gr.offset(g, t), pitch, t ? T(1) : T(0), yb + grp * kg * cols, cols);
+    grid_copy(false, out, g.k, g.out, zero_off, gr, cols, n0, nb, yb, bias);
   });
 }
 
@@ -134,21 +144,16 @@ void shifted_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, si
   const int64_t kg = g.kg(), cg = g.cg(), pitch = gr.pitch(), cols = gr.cols(), kc = g.k * cg;
   const int64_t zero_off[3] = {0, 0, 0};
   pack_weights(g, w, ws);
-  const int64_t parts = parts_of(g, gr, Pass::input_grad, ws_bytes, sizeof(T)), tiles = (g.n + gr.nb - 1) / gr.nb;
-  run_parts(parts, [&](int64_t part) {
-    T* dxb = ws + packed_elems(g) + part * slice_elems(g, gr, Pass::input_grad);
+  for_each_tile(g, gr, Pass::input_grad, ws, ws_bytes, [&](int64_t, T* dxb, int64_t n0, int64_t nb, bool) {
     T* gb = dxb + g.c * pitch;
-    for (int64_t tile = tiles * part / parts; tile < tiles * (part + 1) / parts; ++tile) {
-      const int64_t n0 = tile * gr.nb, nb = std::min(gr.nb, g.n - n0);
-      zero(gb, g.k * cols, sizeof(T));  // junk positions must add nothing
-      zero(dxb, g.c * pitch, sizeof(T));
-      grid_copy(true, const_cast<T*>(gy), g.k, g.out, zero_off, gr, cols, n0, nb, gb);
-      for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t t = 0; t < g.kk(); ++t)
-          cpu::gemm(true, false, cg, nb * gr.S, kg, T(1), ws + t * kc + grp * kg * cg, cg, gb + grp * kg * cols, cols,
-                    T(1), dxb + grp * cg * pitch + gr.offset(g, t), pitch);
-      grid_copy(false, dx, g.c, g.in, g.pad, gr, pitch, n0, nb, dxb);
-    }
+    zero(gb, g.k * cols, sizeof(T));  // junk positions must add nothing
+    zero(dxb, g.c * pitch, sizeof(T));
+    grid_copy(true, const_cast<T*>(gy), g.k, g.out, zero_off, gr, cols, n0, nb, gb);
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      for (int64_t t = 0; t < g.kk(); ++t)
+        cpu::gemm(true, false, cg, nb * gr.S, kg, T(1), ws + t * kc + grp * kg * cg, cg, gb + grp * kg * cols, cols,
+                  T(1), dxb + grp * cg * pitch + gr.offset(g, t), pitch);
+    grid_copy(false, dx, g.c, g.in, g.pad, gr, pitch, n0, nb, dxb);
   });
 }
 
@@ -157,27 +162,22 @@ void shifted_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, s
   const Grid gr = grid_of(g);
   const int64_t kg = g.kg(), cg = g.cg(), pitch = gr.pitch(), cols = gr.cols(), kc = g.k * cg, kk = g.kk();
   const int64_t zero_off[3] = {0, 0, 0};
-  const int64_t parts = parts_of(g, gr, Pass::weight_grad, ws_bytes, sizeof(T)), tiles = (g.n + gr.nb - 1) / gr.nb;
   const int64_t slice = slice_elems(g, gr, Pass::weight_grad);
   auto acc_of = [&](int64_t part) { return ws + packed_elems(g) + part * slice + g.c * pitch + g.k * cols; };
-  run_parts(parts, [&](int64_t part) {
-    T* xb = ws + packed_elems(g) + part * slice;
-    T* gb = xb + g.c * pitch;
-    T* acc = acc_of(part);  // acc[tap][k][cl]
-    const int64_t first = tiles * part / parts;
-    for (int64_t tile = first; tile < tiles * (part + 1) / parts; ++tile) {
-      const int64_t n0 = tile * gr.nb, nb = std::min(gr.nb, g.n - n0);
-      zero(xb, g.c * pitch, sizeof(T));
-      zero(gb, g.k * cols, sizeof(T));
-      grid_copy(true, const_cast<T*>(x), g.c, g.in, g.pad, gr, pitch, n0, nb, xb);
-      grid_copy(true, const_cast<T*>(gy), g.k, g.out, zero_off, gr, cols, n0, nb, gb);
-      for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t t = 0; t < kk; ++t)
-          cpu::gemm(false, true, kg, cg, nb * gr.S, T(1), gb + grp * kg * cols, cols,
-                    xb + grp * cg * pitch + gr.offset(g, t), pitch, tile == first ? T(0) : T(1),
-                    acc + t * kc + grp * kg * cg, cg);
-    }
-  });
+  const int64_t parts = for_each_tile(g, gr, Pass::weight_grad, ws, ws_bytes,
+                                      [&](int64_t part, T* xb, int64_t n0, int64_t nb, bool first) {
+                                        T* gb = xb + g.c * pitch;
+                                        T* acc = acc_of(part);  // acc[tap][k][cl]
+                                        zero(xb, g.c * pitch, sizeof(T));
+                                        zero(gb, g.k * cols, sizeof(T));
+                                        grid_copy(true, const_cast<T*>(x), g.c, g.in, g.pad, gr, pitch, n0, nb, xb);
+                                        grid_copy(true, const_cast<T*>(gy), g.k, g.out, zero_off, gr, cols, n0, nb, gb);
+                                        for (int64_t grp = 0; grp < g.groups; ++grp)
+                                          for (int64_t t = 0; t < kk; ++t)
+                                            cpu::gemm(false, true, kg, cg, nb * gr.S, T(1), gb + grp * kg * cols, cols,
+                                                      xb + grp * cg * pitch + gr.offset(g, t), pitch,
+                                                      first ? T(0) : T(1), acc + t * kc + grp * kg * cg, cg);
+                                      });
   if (parts == 0 || g.n == 0) {
     zero(dw, kc * kk, sizeof(T));
     return;
