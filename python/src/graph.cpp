@@ -70,7 +70,10 @@ void bind_graph(nb::module_& m) {
           },
           nb::arg("name"), nb::arg("value"), nb::arg("trainable") = true)
       .def("variable_value",
-           [](Graph& g, const std::string& name) { return py::to_numpy(g.variables()->get(name).clone()); })
+           [](Graph& g, const std::string& name) {
+             const Tensor& v = g.variables()->get(name);  // copied: from the GPU, or away from the engine's own
+             return py::to_numpy(v.device() == Device::cpu ? v.clone() : v.to(Device::cpu));
+           })
       .def("assign",
            [](Graph& g, const std::string& name, nb::handle array) {
              Tensor& var = g.variables()->get(name);

@@ -30,7 +30,8 @@ class Function {
   // outputs: (name, value); updates: (variable, new value), applied after every call
   // (only when training is true; an inference function never writes state).
   Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
-           const std::vector<std::pair<Value, Value>>& updates = {}, bool training = true);
+           const std::vector<std::pair<Value, Value>>& updates = {}, bool training = true,
+           Device device = Device::cpu);
   ~Function();
   Function(Function&&) noexcept;
   Function& operator=(Function&&) noexcept;
@@ -52,6 +53,11 @@ class Function {
   std::vector<TensorSpec> input_specs() const;
   std::vector<TensorSpec> output_specs() const;  // symbolic (-1) dims where they depend on the inputs
   bool training() const;
+  // Where the function runs. On the GPU, inputs may be host or device tensors, outputs come back
+  // to the host, and the variables stay on the device between calls. Throws kiln::Error naming
+  // every op without a kernel there, or saying why no GPU can be used.
+  void set_device(Device device);
+  Device device() const { return device_; }
   int num_updates() const;  // variables each call writes (optimizer steps, batch-norm statistics)
   // The variables this function reads and updates, shared with the functions of the same graph.
   const std::shared_ptr<VariableStore>& variables() const;
@@ -84,6 +90,7 @@ class Function {
   std::vector<std::unique_ptr<Plan>> plans_;
   Plan* last_plan_ = nullptr;
   uint64_t calls_ = 0;
+  Device device_ = Device::cpu;
   std::unique_ptr<std::mutex> mutex_;  // calls of one function run one at a time
   bool profiling_ = false;
   std::vector<ProfileEntry> profile_;

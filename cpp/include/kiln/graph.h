@@ -85,6 +85,9 @@ struct Value {
 class VariableStore {
  public:
   Tensor& get(const std::string& name);
+  // The variable on `device`, moved there first if it lives elsewhere: a function on the GPU
+  // keeps its variables there between calls; reading or saving them copies them back.
+  Tensor& on(const std::string& name, Device device);
   bool has(const std::string& name) const { return vars_.count(name) != 0; }
   void set(const std::string& name, Tensor t) { vars_[name] = std::move(t); }
   const std::map<std::string, Tensor>& all() const { return vars_; }

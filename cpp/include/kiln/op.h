@@ -26,7 +26,7 @@ struct KernelContext {
   int n_out;
   uint64_t call_counter;      // increments on every call of the function; random streams use it
   bool training = true;       // the function's mode: dropout and batch norm read it
-  void* workspace = nullptr;  // scratch memory of OpDef::workspace bytes, planned once
+  void* workspace = nullptr;  // scratch memory of OpDef::workspace bytes, planned once (on the host)
   size_t workspace_bytes = 0;
   const Tensor& input(int i) const { return *in[i]; }
   Tensor& output(int i) const { return *out[i]; }
@@ -66,6 +66,7 @@ struct OpDef {
   VjpFn vjp;                   // empty together with differentiable == false
   bool differentiable = true;  // false: an explicit "has no gradient" mark
   KernelFn cpu = nullptr;
+  KernelFn cuda = nullptr;  // set by cuda/*.cu where the backend is built
   WorkspaceFn workspace;  // empty: the kernel needs no scratch memory
   OpKind kind = OpKind::compute;
   bool elementwise = false;  // output may reuse input 0's buffer when it dies here
@@ -85,6 +86,7 @@ class OpRegistry {
  public:
   static OpRegistry& get();
   void add(OpDef def);
+  void set_cuda_kernel(const std::string& name, KernelFn kernel);  // for cuda/*.cu
   const OpDef* find(const std::string& name) const;
   const OpDef& at(const std::string& name) const;  // throws kiln::Error for unknown ops
   std::vector<const OpDef*> all() const;

@@ -12,12 +12,13 @@ namespace kiln {
 
 enum class Device : uint8_t { cpu, cuda };
 
-// A block of memory. Either kiln allocated it (aligned) or it belongs to someone else
-// (a numpy array) and `owner` keeps that someone alive.
+// A block of memory on one device. Either kiln allocated it (aligned host memory, or device
+// memory from the CUDA backend's stream-ordered pool) or it belongs to someone else (a numpy
+// array) and `owner` keeps that someone alive.
 class Storage {
  public:
   static constexpr size_t kAlignment = 64;
-  explicit Storage(size_t nbytes);  // aligned allocation, uninitialised
+  explicit Storage(size_t nbytes, Device device = Device::cpu);  // uninitialised
   Storage(void* data, size_t nbytes, std::shared_ptr<void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -25,6 +26,7 @@ class Storage {
 
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
   // How many blocks kiln has allocated in this process: lets tests check that a planned call
   // allocates nothing but its outputs.
   static uint64_t allocations();
@@ -34,13 +36,14 @@ class Storage {
   size_t nbytes_ = 0;
   std::shared_ptr<void> owner_;  // keeps external memory alive
   bool owned_ = true;            // kiln allocated data_ and frees it
+  Device device_ = Device::cpu;
 };
 
 class Tensor {
  public:
   Tensor() = default;
-  static Tensor empty(const Shape& shape, DType dtype);
-  static Tensor zeros(const Shape& shape, DType dtype);
+  static Tensor empty(const Shape& shape, DType dtype, Device device = Device::cpu);
+  static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::cpu);
   // Wraps external memory without copying; `owner` is kept alive as long as the tensor.
   static Tensor from_blob(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner,
                           const Shape* strides = nullptr);
@@ -55,7 +58,7 @@ class Tensor {
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
   const Shape& strides() const { return strides_; }
-  Device device() const { return device_; }
+  Device device() const { return storage_ ? storage_->device() : Device::cpu; }
   int rank() const { return shape_.rank(); }
   int64_t numel() const { return shape_.numel(); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
@@ -72,13 +75,14 @@ class Tensor {
   // Same storage, another shape with the same number of elements (contiguous tensors only).
   Tensor view(const Shape& shape) const;
   Tensor contiguous() const;  // itself when already contiguous, else a packed copy
-  Tensor clone() const;
-  void copy_from(const Tensor& src);  // same dtype and numel; handles strided sources
-  double item() const;                // value of a one-element tensor, as double
+  Tensor clone() const;       // on the same device
+  // Same dtype and numel, between any devices; strided sources on the host only.
+  void copy_from(const Tensor& src);
+  Tensor to(Device device) const;  // itself when already there, else a contiguous copy
+  double item() const;             // value of a one-element tensor, as double (from any device)
 
  private:
   DType dtype_ = DType::float32;
-  Device device_ = Device::cpu;
   Shape shape_, strides_;
   size_t offset_ = 0;  // bytes
   std::shared_ptr<Storage> storage_;

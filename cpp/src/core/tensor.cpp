@@ -10,6 +10,7 @@
 #endif
 
 #include "kiln/error.h"
+#include "runtime/device.h"
 
 namespace kiln {
 
@@ -70,8 +71,12 @@ BlockCache& block_cache() {
 
 uint64_t Storage::allocations() { return g_allocations.load(std::memory_order_relaxed); }
 
-Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
+Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (device == Device::cuda) {
+    data_ = device::alloc(nbytes);
+    return;
+  }
   // Large blocks go on 2 MiB boundaries and ask for transparent huge pages, as numpy does:
   // touching fresh memory then costs one page fault per 2 MiB instead of per 4 KiB.
   constexpr size_t kHuge = size_t(2) << 20;
@@ -90,22 +95,29 @@ Storage::Storage(size_t nbytes) : nbytes_(nbytes) {
 Storage::Storage(void* data, size_t nbytes, std::shared_ptr<void> owner)
     : data_(data), nbytes_(nbytes), owner_(std::move(owner)), owned_(false) {}
 Storage::~Storage() {
+  if (owned_ && device_ == Device::cuda) {
+    device::free(data_);
+    return;
+  }
   if (owned_ && !(nbytes_ >= BlockCache::kMinBytes / 2 && block_cache().give(data_))) std::free(data_);
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype) {
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   if (!shape.known()) throw Error("cannot allocate a tensor of symbolic shape " + shape.str());
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
-  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+  t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape.numel()) * dtype_size(dtype), device);
   return t;
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  std::memset(t.raw(), 0, t.nbytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (device == Device::cuda)
+    device::zero(t.raw(), t.nbytes());
+  else
+    std::memset(t.raw(), 0, t.nbytes());
   return t;
 }
 
@@ -144,7 +156,14 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_);
+  Tensor t = empty(shape_, dtype_, device());
+  t.copy_from(*this);
+  return t;
+}
+
+Tensor Tensor::to(Device d) const {
+  if (device() == d) return *this;
+  Tensor t = empty(shape_, dtype_, d);
   t.copy_from(*this);
   return t;
 }
@@ -153,6 +172,13 @@ void Tensor::copy_from(const Tensor& src) {
   if (src.dtype_ != dtype_ || src.numel() != numel())
     throw Error("copy: cannot copy " + std::string(dtype_name(src.dtype_)) + src.shape_.str() + " into " +
                 dtype_name(dtype_) + shape_.str());
+  if (device() == Device::cuda || src.device() == Device::cuda) {
+    if (!is_contiguous()) throw Error("copy: a strided destination on the GPU");
+    if (!src.is_contiguous() && src.device() == Device::cuda) throw Error("copy: a strided source on the GPU");
+    const Tensor packed = src.contiguous();
+    if (numel() > 0) device::copy(raw(), device(), packed.raw(), packed.device(), nbytes());
+    return;
+  }
   size_t es = dtype_size(dtype_);
   if (src.is_contiguous()) {
     if (numel() > 0) std::memcpy(raw(), src.raw(), nbytes());
@@ -176,6 +202,7 @@ void Tensor::copy_from(const Tensor& src) {
 
 double Tensor::item() const {
   if (numel() != 1) throw Error("item: tensor of shape " + shape_.str() + " is not one element");
+  if (device() != Device::cpu) return to(Device::cpu).item();
   return load_as(dtype_, raw(), 0);
 }
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <sstream>
 
+#include "kiln/error.h"
 #include "kiln/op.h"
+#include "runtime/device.h"
 
 namespace kiln {
 
@@ -110,6 +112,12 @@ Tensor& VariableStore::get(const std::string& name) {
   auto it = vars_.find(name);
   if (it == vars_.end()) throw Error("no variable named '" + name + "'");
   return it->second;
+}
+
+Tensor& VariableStore::on(const std::string& name, Device device) {
+  Tensor& t = get(name);
+  if (t.device() != device) t = t.to(device);
+  return t;
 }
 
 // ---- SiteScope ----
@@ -250,6 +258,7 @@ OpRegistry::OpRegistry() {
   register_optim_ops(*this);
   register_conv_ops(*this);
   register_pool_ops(*this);
+  device::register_cuda_kernels(*this);  // cuda/*.cu: each op's GPU kernel, where the backend is built
 }
 
 OpRegistry& OpRegistry::get() {
@@ -260,6 +269,13 @@ OpRegistry& OpRegistry::get() {
 void OpRegistry::add(OpDef def) {
   if (find(def.name)) throw Error("op '" + def.name + "' registered twice");
   defs_.push_back(std::make_unique<OpDef>(std::move(def)));
+}
+
+void OpRegistry::set_cuda_kernel(const std::string& name, KernelFn kernel) {
+  auto it = std::find_if(defs_.begin(), defs_.end(), [&](auto& d) { return d->name == name; });
+  if (it == defs_.end()) throw Error("internal: a CUDA kernel for the unknown op '" + name + "'");
+  if ((*it)->cuda) throw Error("internal: op '" + name + "' has two CUDA kernels");
+  (*it)->cuda = kernel;
 }
 
 const OpDef* OpRegistry::find(const std::string& name) const {

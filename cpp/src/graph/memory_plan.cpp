@@ -37,9 +37,11 @@ std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vecto
 // The kernel of every view: its output shares input 0's memory.
 static void bind_view(const KernelContext& c) { c.output(0) = c.input(0).view(c.output(0).shape()); }
 
-std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& input_shapes) {
+std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& input_shapes, Device device) {
   auto plan = std::make_unique<Plan>();
   plan->input_shapes = input_shapes;
+  plan->staged_inputs.resize(input_shapes.size());
+  const bool on_gpu = device == Device::cuda;
   const int32_t n = static_cast<int32_t>(p.nodes.size());
 
   // 1. Slots and concrete specs.
@@ -113,7 +115,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   std::vector<bool> fresh(nslots, false), external(nslots, false);
   for (const Edge& e : p.outputs) {
     int s = slot_of[e.node][e.index];
-    if (p.nodes[e.node].op->kind == OpKind::compute && !view[e.node]) fresh[s] = true;
+    // On the GPU an output stays in a planned buffer: the fetch copies it to fresh host memory.
+    if (p.nodes[e.node].op->kind == OpKind::compute && !view[e.node] && !on_gpu) fresh[s] = true;
     last_use[root[s]] = kForever;
   }
   // An update written by an index-aligned op (an optimizer step) that is the variable's last
@@ -198,12 +201,12 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   }
 
   // 4. Allocate each buffer once and point the planned slots at it.
-  for (size_t cap : capacity) plan->buffers.push_back(std::make_shared<Storage>(cap));
+  for (size_t cap : capacity) plan->buffers.push_back(std::make_shared<Storage>(cap, device));
   for (int s = 0; s < nslots; ++s)
     if (root[s] == s && buffer_of[s] >= 0)
       plan->slots[s] = Tensor::from_storage(plan->buffers[buffer_of[s]], spec[s].shape, spec[s].dtype);
     else if (p.nodes[producer[s]].op->name == "constant")
-      plan->slots[s] = p.nodes[producer[s]].value;
+      plan->slots[s] = p.nodes[producer[s]].value.to(device);
     else if (root[s] != s)  // a view: its kernel reads the shape from here and binds the memory
       plan->slots[s] = Tensor::from_storage(nullptr, spec[s].shape, spec[s].dtype);
   plan->stats.buffers = static_cast<int>(capacity.size());
@@ -219,7 +222,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (node.op->kind == OpKind::source) continue;
     Step st;
     st.op = node.op;
-    st.kernel = view[id] ? bind_view : node.op->cpu;
+    st.kernel = view[id] ? bind_view : on_gpu ? node.op->cuda : node.op->cpu;
+    if (!st.kernel) throw Error("internal: no " + std::string(on_gpu ? "CUDA" : "CPU") + " kernel for " + describe(node));
     st.attrs = &node.attrs;
     st.node = id;
     for (const Edge& e : node.inputs) st.in.push_back(&plan->slots[slot_of[e.node][e.index]]);
@@ -228,7 +232,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       st.out.push_back(&plan->slots[s]);
       if (fresh[s]) st.fresh.push_back({static_cast<int>(k), spec[s]});
     }
-    if (node.op->workspace && !view[id]) {
+    if (node.op->workspace && !view[id] && !on_gpu) {  // GPU kernels take scratch from the device pool
       std::vector<TensorSpec> in, out;
       for (const Edge& e : node.inputs) in.push_back(spec[slot_of[e.node][e.index]]);
       for (int s : slot_of[id]) out.push_back(spec[s]);

@@ -257,7 +257,7 @@ void save(const std::string& path, const std::vector<std::pair<std::string, cons
   }
   for (const auto& [name, t] : vars->all()) {
     graph["variables"].push_back({{"name", name}, {"spec", spec_json({t.dtype(), t.shape()})}});
-    tensors.emplace_back(name, t);
+    tensors.emplace_back(name, t.to(Device::cpu));  // variables a GPU function trains are copied back
   }
   io::write_safetensors(path, {{"kiln.format", std::to_string(kFileFormat)}, {"kiln.graph", graph.dump()}}, tensors);
 }

@@ -5,69 +5,13 @@
 
 #include "cpu/broadcast.h"
 #include "ops/common.h"
+#include "ops/math.h"
 
 namespace kiln {
 using namespace ops;
+using namespace math;
 
 namespace {
-
-constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
-constexpr double kSeluScale = 1.0507009873554804934193349852946;
-
-struct LeakyRelu {
-  double slope;
-  explicit LeakyRelu(const Attrs& a) : slope(a.f("negative_slope", 0.01)) {}
-  template <class T>
-  T operator()(T x) const {
-    return x < T(0) ? x * T(slope) : x;
-  }
-};
-struct Elu {
-  double alpha;
-  explicit Elu(const Attrs& a) : alpha(a.f("alpha", 1.0)) {}
-  template <class T>
-  T operator()(T x) const {
-    return x > T(0) ? x : T(alpha) * std::expm1(x);
-  }
-};
-struct Selu {
-  explicit Selu(const Attrs&) {}
-  template <class T>
-  T operator()(T x) const {
-    return T(kSeluScale) * (x > T(0) ? x : T(kSeluAlpha) * std::expm1(x));
-  }
-};
-struct Softplus {
-  double beta, threshold;
-  explicit Softplus(const Attrs& a) : beta(a.f("beta", 1.0)), threshold(a.f("threshold", 20.0)) {}
-  template <class T>
-  T operator()(T x) const {
-    T bx = x * T(beta);
-    return bx > T(threshold) ? x : std::log1p(std::exp(bx)) / T(beta);
-  }
-};
-struct Gelu {
-  bool tanh_approx;
-  explicit Gelu(const Attrs& a) : tanh_approx(a.s("approximate") == "tanh") {}
-  template <class T>
-  T operator()(T x) const {
-    if (tanh_approx) {
-      const T k = T(0.7978845608028654);  // sqrt(2 / pi)
-      return T(0.5) * x * (T(1) + std::tanh(k * (x + T(0.044715) * x * x * x)));
-    }
-    return T(0.5) * x * (T(1) + std::erf(x * T(0.7071067811865476)));
-  }
-  template <class T>
-  T grad(T x) const {
-    if (tanh_approx) {
-      const T k = T(0.7978845608028654);
-      T u = k * (x + T(0.044715) * x * x * x), t = std::tanh(u);
-      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3 * 0.044715) * x * x);
-    }
-    const T pdf = std::exp(T(-0.5) * x * x) * T(0.3989422804014327);  // 1 / sqrt(2 pi)
-    return T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476))) + x * pdf;
-  }
-};
 
 template <class F>
 void act_kernel(const KernelContext& c) {

@@ -4,14 +4,18 @@
 #include <chrono>
 #include <sstream>
 
+#include "kiln/cuda.h"
 #include "kiln/error.h"
+#include "runtime/device.h"
 #include "runtime/program.h"
 
 namespace kiln {
 
 Function::Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
-                   const std::vector<std::pair<Value, Value>>& updates, bool training)
-    : program_(build_program(inputs, outputs, updates, training)), mutex_(std::make_unique<std::mutex>()) {}
+                   const std::vector<std::pair<Value, Value>>& updates, bool training, Device device)
+    : program_(build_program(inputs, outputs, updates, training)), mutex_(std::make_unique<std::mutex>()) {
+  set_device(device);
+}
 
 Function::Function(std::shared_ptr<Program> program, uint64_t calls)
     : program_(std::move(program)), calls_(calls), mutex_(std::make_unique<std::mutex>()) {}
@@ -27,6 +31,24 @@ int Function::num_plans() const { return static_cast<int>(plans_.size()); }
 PlanStats Function::plan_stats() const { return last_plan_ ? last_plan_->stats : PlanStats{}; }
 
 bool Function::training() const { return program_->training; }
+
+void Function::set_device(Device device) {
+  std::lock_guard<std::mutex> lock(*mutex_);
+  if (device == device_) return;
+  if (device == Device::cuda) {
+    std::string missing;
+    for (const ProgramNode& n : program_->nodes)
+      if (n.op->kind == OpKind::compute && !n.op->cuda && missing.find(" " + n.op->name + " ") == std::string::npos)
+        missing += " " + n.op->name + " ";
+    if (!missing.empty() && cuda::is_built())
+      throw Error("function: no CUDA kernel for op(s)" + missing.substr(0, missing.size() - 1) +
+                  "; run this function on the CPU");
+    if (!cuda::is_available()) throw Error("function: device cuda: " + cuda::status());
+  }
+  device_ = device;
+  plans_.clear();  // plans hold buffers on the device they were made for
+  last_plan_ = nullptr;
+}
 int Function::num_updates() const { return static_cast<int>(program_->updates.size()); }
 const std::shared_ptr<VariableStore>& Function::variables() const { return program_->variables; }
 
@@ -81,7 +103,7 @@ Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
   // image sizes would otherwise grow memory without bound).
   constexpr size_t kMaxPlans = 8;
   if (plans_.size() >= kMaxPlans) plans_.erase(plans_.begin());
-  plans_.push_back(make_plan(*program_, shapes));
+  plans_.push_back(make_plan(*program_, shapes, device_));
   return *(last_plan_ = plans_.back().get());
 }
 
@@ -97,8 +119,18 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
         if (plan.output_fresh[i]) plan.slots[plan.output_slots[i]] = Tensor();
     }
   } release{plan};
-  for (size_t i = 0; i < inputs.size(); ++i) plan.slots[plan.input_slots[i]] = inputs[i].contiguous();
-  for (auto& [slot, name] : plan.variable_slots) plan.slots[slot] = program_->variables->get(name);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor& slot = plan.slots[plan.input_slots[i]];
+    if (inputs[i].device() == device_ || device_ == Device::cpu) {
+      slot = inputs[i].to(device_).contiguous();
+    } else {  // a host batch for the GPU: into the plan's own device buffer, allocated once
+      Tensor& staged = plan.staged_inputs[i];
+      if (!staged.defined()) staged = Tensor::empty(inputs[i].shape(), inputs[i].dtype(), device_);
+      staged.copy_from(inputs[i]);
+      slot = staged;
+    }
+  }
+  for (auto& [slot, name] : plan.variable_slots) plan.slots[slot] = program_->variables->on(name, device_);
   const uint64_t counter = calls_++;
   for (Step& st : plan.steps) {
     for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
@@ -125,7 +157,10 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
     const Tensor& t = plan.slots[plan.output_slots[i]];
     bool repeated = false;  // the same value asked for twice: each caller array owns its memory
     for (size_t j = 0; j < i; ++j) repeated = repeated || plan.output_slots[j] == plan.output_slots[i];
-    out.push_back(plan.output_fresh[i] && !repeated ? t : t.clone());
+    if (t.device() != Device::cpu)  // fetched: the caller gets host memory
+      out.push_back(t.to(Device::cpu));
+    else
+      out.push_back(plan.output_fresh[i] && !repeated ? t : t.clone());
   }
   // Updates apply at once: a value that is itself (a view of) a variable is read before any
   // variable is written (a swap, or a target network copied from weights updated in this call).
@@ -142,6 +177,7 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
     Tensor& var = program_->variables->get(plan.update_slots[i].first);
     if (var.raw() != values[i].raw()) var.copy_from(values[i]);
   }
+  if (device_ != Device::cpu) device::synchronize();  // the call's GPU work is done when it returns
   return out;
 }
 

@@ -58,12 +58,14 @@ struct Plan {
   std::vector<bool> output_fresh;  // false: the output must be copied out (a view or a source)
   std::vector<std::pair<std::string, int>> update_slots;
   std::vector<std::shared_ptr<Storage>> buffers;
+  std::vector<Tensor> staged_inputs;  // device copies of host inputs (GPU plans), one per input
   std::shared_ptr<Storage> scratch;  // shared by the kernels that need workspace, one at a time
   PlanStats stats;
 };
 
 // graph/memory_plan.cpp
-std::unique_ptr<Plan> make_plan(const Program& program, const std::vector<Shape>& input_shapes);
+// On the GPU every value lives in device buffers; outputs are copied to the host when fetched.
+std::unique_ptr<Plan> make_plan(const Program& program, const std::vector<Shape>& input_shapes, Device device);
 
 // "matmul (at model.py:12)" for run-time messages.
 std::string describe(const ProgramNode& n);
