@@ -37,6 +37,8 @@ class Scratch {
   void* data_ = nullptr;
 };
 
+inline void device_zero(Tensor& t) { check(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()), "zeroing"); }
+
 constexpr int kThreads = 256;
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
 inline unsigned blocks_for(int64_t n) {

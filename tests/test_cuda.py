@@ -48,12 +48,24 @@ def test_smoke_test_kernel_on_the_device():
 @pytest.mark.skipif(
     not os.access(_run.binary(), os.X_OK), reason="kiln-run is not installed beside the package"
 )
-def test_kiln_run_device_cuda_says_what_is_missing(tmp_path):
+def test_kiln_run_device_cuda(tmp_path):
+    """Without a GPU kiln-run says why it cannot use one; with one, it gives the CPU's answer."""
     x = kn.input("x", (None, 2))
-    kn.save(tmp_path / "f.kiln", kn.function([x], x * 2.0), name="double")
-    np.save(tmp_path / "x.npy", np.ones((1, 2), np.float32))
-    p = subprocess.run([_run.binary(), str(tmp_path / "f.kiln"), "--input", f"x={tmp_path / 'x.npy'}", "--device", "cuda"],
-                       capture_output=True, text=True)  # fmt: skip
-    assert p.returncode == 1 and "--device cuda:" in p.stderr
+    w = kn.Parameter(np.array([[1.0, 2.0], [3.0, 4.0]]), name="w")
+    kn.save(tmp_path / "f.kiln", kn.function([x], kn.relu(x @ w) * 2.0), name="double")
+    np.save(tmp_path / "x.npy", np.array([[1.0, -1.0], [0.5, 2.0]], np.float32))
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.npy"
+        runs[device] = subprocess.run(
+            [_run.binary(), str(tmp_path / "f.kiln"), "--input", f"x={tmp_path / 'x.npy'}",
+             "--output", f"output={out}", "--device", device],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    assert runs["cpu"].returncode == 0, runs["cpu"].stderr
     if not kn.cuda.is_available():
-        assert "no CUDA device" in p.stderr or "without its CUDA backend" in p.stderr
+        assert runs["cuda"].returncode == 1 and "--device cuda:" in runs["cuda"].stderr
+        assert "no CUDA device" in runs["cuda"].stderr or "without its CUDA backend" in runs["cuda"].stderr
+    else:
+        assert runs["cuda"].returncode == 0, runs["cuda"].stderr
+        np.testing.assert_allclose(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), rtol=1e-6)

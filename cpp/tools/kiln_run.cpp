@@ -142,11 +142,7 @@ void summarise(const std::string& name, const kiln::Tensor& t) {
 
 int run(const Args& a) {
   if (a.threads) kiln::set_num_threads(a.threads);
-  if (a.device == "cuda") {
-    if (!kiln::cuda::is_available()) throw kiln::Error("--device cuda: " + kiln::cuda::status());
-    throw kiln::Error("--device cuda: running functions on the GPU is not implemented yet (" + kiln::cuda::status() +
-                      ")");
-  }
+  if (a.device == "cuda" && !kiln::cuda::is_available()) throw kiln::Error("--device cuda: " + kiln::cuda::status());
   kiln::Bundle b = kiln::load_bundle(a.file);
   if (a.info) return print_info(a, b), 0;
   if (a.function.empty() && b.names.size() > 1) {
@@ -155,6 +151,7 @@ int run(const Args& a) {
     throw kiln::Error(a.file + " holds several functions; choose one with --function (" + have.substr(1) + ")");
   }
   kiln::Function& f = b.at(a.function.empty() ? b.names[0] : a.function);
+  if (a.device == "cuda") f.set_device(kiln::Device::cuda);
   std::vector<kiln::Tensor> inputs;
   for (const std::string& name : f.input_names()) {
     auto it = a.inputs.find(name);

@@ -34,4 +34,32 @@ def self_test() -> None:
     _core.cuda_self_test()
 
 
-__all__ = ["is_built", "device_count", "is_available", "status", "self_test"]
+def transfers() -> dict[str, int]:
+    """Host<->device traffic since the process started: to_device_bytes, to_host_bytes,
+    to_device_copies, to_host_copies. A training step on the GPU moves its batch in and the
+    outputs it returns (the loss) out, nothing else."""
+    return dict(_core.cuda_transfers())
+
+
+def allow_tf32(on: bool = True) -> None:
+    """Lets float32 matrix products and convolutions on the GPU use TensorFloat-32 (faster, with
+    10-bit mantissas inside the products), as ``torch.backends.cuda.matmul.allow_tf32``. Off by
+    default. Takes effect for the next calls."""
+    _core.cuda_allow_tf32(bool(on))
+
+
+def tf32_allowed() -> bool:
+    """Whether float32 GPU matrix products and convolutions may use TensorFloat-32."""
+    return bool(_core.cuda_tf32_allowed())
+
+
+__all__ = [
+    "is_built",
+    "device_count",
+    "is_available",
+    "status",
+    "self_test",
+    "transfers",
+    "allow_tf32",
+    "tf32_allowed",
+]

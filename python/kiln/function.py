@@ -22,14 +22,23 @@ class Function:
     ``None`` dimension compiles a new memory plan once; later calls reuse it."""
 
     def __init__(
-        self, inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None, training: bool = True
+        self,
+        inputs: Sequence[Tensor],
+        outputs: Outputs,
+        updates: Updates = None,
+        training: bool = True,
+        device: str = "cpu",
     ) -> None:
         if isinstance(inputs, Tensor):
             inputs = [inputs]
         structure, named = _name_outputs(outputs)
         pairs = _update_pairs(updates)
         core = _core.Function(
-            [t._v for t in inputs], [(n, t._v) for n, t in named], [(v._v, t._v) for v, t in pairs], training
+            [t._v for t in inputs],
+            [(n, t._v) for n, t in named],
+            [(v._v, t._v) for v, t in pairs],
+            training,
+            device,
         )
         self._adopt(core, structure)
 
@@ -86,6 +95,18 @@ class Function:
             feeds[i] = v
         return feeds
 
+    @property
+    def device(self) -> str:
+        """Where the function runs: "cpu" or "cuda"."""
+        return self._f.device
+
+    def to(self, device: str) -> Function:
+        """Moves the function to ``device`` ("cpu" or "cuda") and returns it. On the GPU the
+        variables it reads move there on its next call and stay there; reading or saving them
+        copies them back. Raises kn.Error naming every op without a kernel on that device."""
+        self._f.device = device
+        return self
+
     def plan_stats(self) -> dict:
         """Of the last call's memory plan: steps, buffers, buffer_bytes, values, in_place."""
         return self._f.plan_stats()
@@ -137,12 +158,17 @@ def _update_pairs(updates: Updates) -> list:
 
 @builds
 def function(
-    inputs: Sequence[Tensor], outputs: Outputs, updates: Updates = None, training: bool = True
+    inputs: Sequence[Tensor],
+    outputs: Outputs,
+    updates: Updates = None,
+    training: bool = True,
+    device: str = "cpu",
 ) -> Function:
     """Compiles ``inputs -> outputs`` (plus ``updates``, (variable, new value) pairs applied after
     every call) into a Function. ``training=False`` gives an inference program, which never
-    writes state."""
-    return Function(inputs, outputs, updates, training)
+    writes state. ``device="cuda"`` runs it on the GPU: numpy arrays in, numpy arrays out, the
+    variables kept on the device between calls."""
+    return Function(inputs, outputs, updates, training, device)
 
 
 @builds

@@ -75,6 +75,12 @@ nb::object to_numpy(const Tensor& t) {
   return arr.cast();
 }
 
+Device device_arg(const std::string& device) {
+  if (device == "cpu") return Device::cpu;
+  if (device == "cuda" || device == "cuda:0") return Device::cuda;
+  throw Error("device must be 'cpu' or 'cuda' (kiln uses CUDA device 0), got '" + device + "'");
+}
+
 DType dtype_arg(nb::handle dtype) {
   if (nb::isinstance<nb::str>(dtype)) return dtype_from_name(nb::cast<std::string>(dtype));
   nb::object np = nb::module_::import_("numpy");

@@ -15,4 +15,15 @@ void bind_cuda(nb::module_& m) {
     nb::gil_scoped_release unlocked;
     kiln::cuda::self_test();
   });
+  m.def("cuda_transfers", [] {
+    const kiln::cuda::Transfers t = kiln::cuda::transfers();
+    nb::dict d;
+    d["to_device_bytes"] = t.to_device_bytes;
+    d["to_host_bytes"] = t.to_host_bytes;
+    d["to_device_copies"] = t.to_device_copies;
+    d["to_host_copies"] = t.to_host_copies;
+    return d;
+  });
+  m.def("cuda_allow_tf32", &kiln::cuda::allow_tf32);
+  m.def("cuda_tf32_allowed", &kiln::cuda::tf32_allowed);
 }

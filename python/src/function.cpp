@@ -15,9 +15,16 @@ using namespace kiln;
 
 void bind_function(nb::module_& m) {
   nb::class_<Function>(m, "Function")
-      .def(nb::init<const std::vector<Value>&, const std::vector<std::pair<std::string, Value>>&,
-                    const std::vector<std::pair<Value, Value>>&, bool>(),
-           nb::arg("inputs"), nb::arg("outputs"), nb::arg("updates"), nb::arg("training"))
+      .def(
+          "__init__",
+          [](Function* f, const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
+             const std::vector<std::pair<Value, Value>>& updates, bool training, const std::string& device) {
+            new (f) Function(inputs, outputs, updates, training, py::device_arg(device));
+          },
+          nb::arg("inputs"), nb::arg("outputs"), nb::arg("updates"), nb::arg("training"), nb::arg("device"))
+      .def_prop_rw(
+          "device", [](const Function& f) { return std::string(f.device() == Device::cuda ? "cuda" : "cpu"); },
+          [](Function& f, const std::string& device) { f.set_device(py::device_arg(device)); })
       .def("run",
            [](Function& f, const nb::list& arrays) {
              std::vector<Tensor> in;

@@ -125,6 +125,7 @@ void bind_graph(nb::module_& m) {
     info["differentiable"] = d.differentiable;
     info["has_vjp"] = static_cast<bool>(d.vjp);
     info["has_cpu_kernel"] = d.cpu != nullptr;
+    info["has_cuda_kernel"] = d.cuda != nullptr;
     info["kind"] = d.kind == OpKind::source ? "source" : d.kind == OpKind::alias ? "alias" : "compute";
     info["random"] = d.random;
     return info;

@@ -141,6 +141,7 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
       if (profiling_) {
         auto t0 = std::chrono::steady_clock::now();
         st.kernel(ctx);
+        if (device_ != Device::cpu) device::synchronize();  // time the kernel, not its launch
         ProfileEntry& e = profile_[st.node];
         e.calls += 1;
         e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
