@@ -1,7 +1,6 @@
 // CUDA kernels of the conv ops (cpp/src/ops/conv.cpp defines the ops and their CPU kernels): cuDNN's
-// legacy convolution API, with the algorithm its heuristics rank fastest (deterministic first) picked
-// once per shape.
-// Without cuDNN the conv ops get no CUDA kernels (a function using them then stays on the CPU).
+// legacy convolution API, with the algorithm its heuristics rank fastest (deterministic ones first)
+// picked once per shape. Built without cuDNN, the conv ops get no CUDA kernels.
 #include "common.cuh"
 
 #ifdef KILN_WITH_CUDNN
@@ -45,9 +44,9 @@ cudnnHandle_t handle(const char* op) {
 }
 
 // A convolution from its conv side (x its input, y its output, w (K, C/groups, kernel...)), 1-D as
-// 2-D with H = 1. cuDNN pads both ends alike; a dim whose y that padding does not give (pad_end
-// unlike pad_begin, or a gy cut short under a transposed convolution's output_padding) is padded
-// or cropped explicitly instead: cuDNN then sees x in a buffer of len positions, x starting at shift.
+// 2-D with H = 1. cuDNN pads both ends alike. Where that does not give y's size (pad_end unlike
+// pad_begin, or a gy cut short under a transposed convolution's output_padding), the dim is padded or
+// cropped explicitly instead: cuDNN then sees x in a zero-padded buffer of len positions, x at shift.
 struct ConvGeom {
   int nd = 2;  // spatial dims of the descriptors
   int64_t n = 0, c = 0, k = 0, groups = 1;

@@ -46,7 +46,7 @@ struct Merge {  // Chan et al.: no cancellation however far apart the means are
 };
 struct MergeMaxSum {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const {  // ordered by maximum: both lanes of a butterfly agree
-    const MaxSum &hi = a.m < b.m ? b : a, &lo = a.m < b.m ? a : b;
+    const MaxSum hi = a.m < b.m ? b : a, lo = a.m < b.m ? a : b;
     return lo.s == 0 ? hi : MaxSum{hi.m, hi.s + lo.s * exp(lo.m - hi.m)};
   }
 };
@@ -69,6 +69,14 @@ __device__ A block_reduce(A v, Op op) {
   v = part[0];
   for (unsigned w = 1; w < (blockDim.x >> 5); ++w) v = op(v, part[w]);
   return v;
+}
+
+// Warp 0 of a block of channel ch: the partials that the channel's gridDim.y blocks wrote, merged (lane 0 holds it).
+template <class A, class Op>
+__device__ A merge_parts(const A* part, int64_t ch, Op op) {
+  A s{};
+  for (unsigned k = threadIdx.x; k < gridDim.y; k += 32) s = op(s, part[ch * gridDim.y + k]);
+  return warp_reduce(s, op);
 }
 
 // ---- batch norm over axis 1 of (N, C, S...) ----
@@ -154,9 +162,7 @@ __global__ void bn_apply(const T* x, T* y, Plane p, const Moments* part, BnArgs<
   if (threadIdx.x < 32) {
     double mean, var;
     if (part) {
-      Moments s{0, 0, 0};
-      for (unsigned k = threadIdx.x; k < gridDim.y; k += 32) s = Merge{}(s, part[ch * gridDim.y + k]);
-      s = warp_reduce(s, Merge{});
+      const Moments s = merge_parts(part, ch, Merge{});
       mean = s.mean;
       var = s.m2 / double(p.m);
     } else {
@@ -216,9 +222,7 @@ __global__ void bn_grad_apply(const T* g, const T* x, T* dx, Plane p, const Sums
   const int64_t ch = blockIdx.x;
   const T is = a.invstd[ch], mu = a.mean[ch];
   if (threadIdx.x < 32) {
-    Sums2 s{0, 0};
-    for (unsigned k = threadIdx.x; k < gridDim.y; k += 32) s = Add{}(s, part[ch * gridDim.y + k]);
-    s = warp_reduce(s, Add{});
+    const Sums2 s = merge_parts(part, ch, Add{});
     if (threadIdx.x == 0) {
       const double sg = s.a, sgx = s.b * is;
       coef[0] = a.gamma[ch] * is;  // a product in T, as the CPU's
@@ -249,17 +253,18 @@ int64_t resident_blocks(K1 first, K2 second) {
 
 // Blocks per channel: what fills the GPU in one wave (a second, partial wave would cost a whole one), but no fewer
 // than four elements per thread.
-int64_t blocks_per_channel(int64_t resident, int64_t channels, int64_t m) {
-  return std::clamp<int64_t>(std::min(resident / channels, (m + 4 * kThreads - 1) / (4 * kThreads)), 1, 65535);
-}
-
-Plane plane_of(const Shape& x, int64_t blocks) {
+Plane plane_of(const Shape& x, int64_t resident) {
   int64_t s = 1;
   for (int i = 2; i < x.rank(); ++i) s *= x[i];
-  Plane p{x[0] * s, std::max<int64_t>(s, 1), x[1] * s, blocks * kThreads, 0, 0};
+  const int64_t c = std::max<int64_t>(x[1], 1), m = x[0] * s;
+  const int64_t b = std::clamp<int64_t>(std::min(resident / c, (m + 4 * kThreads - 1) / (4 * kThreads)), 1, 65535);
+  Plane p{m, std::max<int64_t>(s, 1), x[1] * s, b * kThreads, 0, 0};
   p.dn = p.step / p.s;
   p.ds = p.step % p.s;
   return p;
+}
+dim3 grid_of(const Shape& x, const Plane& p) {
+  return dim3(static_cast<unsigned>(x[1]), static_cast<unsigned>(p.step / kThreads));
 }
 
 // inputs: x, gamma, beta, running_mean, running_var
@@ -267,18 +272,17 @@ Plane plane_of(const Shape& x, int64_t blocks) {
 template <class T>
 void batch_norm_typed(const KernelContext& c) {
   const Tensor& x = c.input(0);
-  const int64_t channels = x.shape()[1], m = plane_of(x.shape(), 1).m;
-  if (c.training && m <= 1)
+  static const int64_t resident = resident_blocks(bn_stats<T>, bn_apply<T>);
+  const Plane p = plane_of(x.shape(), resident);
+  if (c.training && p.m <= 1)
     throw Error("batch_norm: training needs more than one value per channel, got input of shape " + x.shape().str());
-  if (channels == 0) return;
+  const dim3 grid = grid_of(x.shape(), p);
+  if (grid.x == 0) return;
   const auto in = [&](int i) { return c.input(i).data<T>(); };
   const auto out = [&](int i) { return c.output(i).data<T>(); };
   const BnArgs<T> a{
       in(1), in(2), in(3), in(4), out(1), out(2), out(3), out(4), c.attrs.f("eps"), c.attrs.f("momentum")};
-  static const int64_t resident = resident_blocks(bn_stats<T>, bn_apply<T>);
-  const Plane p = plane_of(x.shape(), blocks_per_channel(resident, channels, m));
-  const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(p.step / kThreads));
-  Scratch part(c.training ? channels * grid.y * sizeof(Moments) : 0);
+  Scratch part(c.training ? size_t(grid.x) * grid.y * sizeof(Moments) : 0);
   if (c.training) {
     bn_stats<T><<<grid, kThreads, 0, stream()>>>(in(0), p, part.as<Moments>());
     check_launch("batch_norm");
@@ -290,15 +294,13 @@ void batch_norm_typed(const KernelContext& c) {
 // inputs: g, x, gamma, mean, invstd; outputs: dx, dgamma, dbeta
 template <class T>
 void batch_norm_grad_typed(const KernelContext& c) {
-  const Tensor& x = c.input(1);
-  const int64_t channels = x.shape()[1], m = plane_of(x.shape(), 1).m;
-  if (channels == 0) return;
+  static const int64_t resident = resident_blocks(bn_grad_sums<T>, bn_grad_apply<T>);
+  const Plane p = plane_of(c.input(1).shape(), resident);
+  const dim3 grid = grid_of(c.input(1).shape(), p);
+  if (grid.x == 0) return;
   const auto in = [&](int i) { return c.input(i).data<T>(); };
   const BnGradArgs<T> a{in(2), in(3), in(4), c.output(1).data<T>(), c.output(2).data<T>(), c.training};
-  static const int64_t resident = resident_blocks(bn_grad_sums<T>, bn_grad_apply<T>);
-  const Plane p = plane_of(x.shape(), blocks_per_channel(resident, channels, m));
-  const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(p.step / kThreads));
-  Scratch part(channels * grid.y * sizeof(Sums2));
+  Scratch part(size_t(grid.x) * grid.y * sizeof(Sums2));
   bn_grad_sums<T><<<grid, kThreads, 0, stream()>>>(in(0), in(1), a.mean, p, part.as<Sums2>());
   check_launch("batch_norm_grad");
   bn_grad_apply<T><<<grid, kThreads, 0, stream()>>>(in(0), in(1), c.output(0).data<T>(), p, part.as<Sums2>(), a);
@@ -353,18 +355,15 @@ __global__ void ce_forward(const T* z, const L* labels, const T* w, CeArgs a, T*
   }
 }
 
-template <class T>
-__global__ void weight_sum(const T* w, int64_t n, double* out) {
-  double s = 0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += w[j];
-  s = block_reduce(s, Add{});
-  if (threadIdx.x == 0) *out = s;
-}
-
-// wsum: the sum of the class weights (on the device), or null without weights.
 template <class T, class L>
-__global__ void ce_backward(const T* g, const T* z, const L* labels, const T* w, const double* wsum, CeArgs a, T* dz) {
-  const double ws = wsum ? *wsum : double(a.c), soft = a.smoothing / a.c;
+__global__ void ce_backward(const T* g, const T* z, const L* labels, const T* w, CeArgs a, T* dz) {
+  const double soft = a.smoothing / a.c;
+  double ws = a.c;  // the sum of the class weights: each block sums them (in L2) rather than wait for another kernel
+  if (w) {
+    ws = 0;
+    for (int64_t j = threadIdx.x; j < a.c; j += blockDim.x) ws += w[j];
+    ws = block_reduce(ws, Add{});
+  }
   for (int64_t i = blockIdx.x; i < a.n; i += gridDim.x) {
     const T* row = z + i * a.c;
     T* d = dz + i * a.c;
@@ -420,14 +419,9 @@ void ce_grad_typed(const KernelContext& c) {
   const CeArgs a = ce_args(c, c.input(1));
   if (a.n == 0) return;
   const T* w = c.n_in > 3 ? c.input(3).data<T>() : nullptr;
-  Scratch wsum(w ? sizeof(double) : 0);
-  if (w) {
-    weight_sum<<<1, 256, 0, stream()>>>(w, a.c, wsum.as<double>());
-    check_launch("softmax_cross_entropy_grad");
-  }
   with_labels(c.input(2), [&](auto* labels) {
     ce_backward<<<ce_blocks(a.n), ce_threads(a.c), 0, stream()>>>(c.input(0).data<T>(), c.input(1).data<T>(), labels, w,
-                                                                  wsum.as<double>(), a, c.output(0).data<T>());
+                                                                  a, c.output(0).data<T>());
   });
   check_launch("softmax_cross_entropy_grad");
 }

@@ -10,6 +10,7 @@
 // a second pass (the same kernel) reduces the partial results.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -154,36 +155,48 @@ struct Arg {
   }
 };
 
-// Block (bx, by), bx * by == kThreads, by a power of two; grid (output tiles, splits). Writes
+constexpr int kUnroll = 4;          // loads in flight per thread before any is combined: reductions wait on memory
+constexpr int64_t kPerThread = 16;  // elements per thread along r, before more threads share a reduction
+
+// Any accumulator (uint8_t, the index pairs of argmax) crosses lanes as 32-bit words.
+template <class A>
+__device__ A shfl_down(A v, unsigned delta) {
+  unsigned w[(sizeof(A) + 3) / 4] = {};
+  memcpy(w, &v, sizeof(A));
+  for (unsigned& word : w) word = __shfl_down_sync(0xffffffffu, word, delta);
+  memcpy(&v, w, sizeof(A));
+  return v;
+}
+
+// Block (bx, by), bx * by == kThreads, both powers of two; grid (output tiles, splits). Writes
 // y[blockIdx.y * n_out + o]: the results, or with splits the partials of each split.
 template <class Op, class A, class TI, class TO>
-__global__ void reduce_kernel(const TI* __restrict__ x, TO* __restrict__ y, Plan p) {
-  __shared__ A buf[kThreads];
+__global__ void __launch_bounds__(kThreads) reduce_kernel(const TI* __restrict__ x, TO* __restrict__ y, Plan p) {
   const int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   A acc = Op::template init<A>();
   if (o < p.n_out) {
     const TI* base = x + offset_of(p.kept, o);
     const int64_t step = int64_t(blockDim.y) * gridDim.y;
-    int64_t r = blockIdx.y * int64_t(blockDim.y) + threadIdx.y;
-    // Four loads in flight per thread before they are combined: reductions wait on memory.
-    for (; r + 3 * step < p.red; r += 4 * step) {
-      A v[4];
+    for (int64_t r = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; r < p.red; r += kUnroll * step) {
+      // Clamped, the loads need no branch that would wait on the one before; the surplus is dropped.
+      TI v[kUnroll];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int64_t ru = r + u * step;
-        v[u] = Op::template load<A>(base[offset_of(p.reduced, ru)], ru);
-      }
-      acc = Op::combine(acc, Op::combine(Op::combine(v[0], v[1]), Op::combine(v[2], v[3])));
+      for (int u = 0; u < kUnroll; ++u) v[u] = base[offset_of(p.reduced, min(r + u * step, p.red - 1))];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (r + u * step < p.red) acc = Op::combine(acc, Op::template load<A>(v[u], r + u * step));
     }
-    for (; r < p.red; r += step) acc = Op::combine(acc, Op::template load<A>(base[offset_of(p.reduced, r)], r));
   }
-  const int i = threadIdx.y * blockDim.x + threadIdx.x;
-  buf[i] = acc;
-  for (unsigned s = blockDim.y / 2; s > 0; s /= 2) {
-    __syncthreads();
-    if (threadIdx.y < s) buf[i] = Op::combine(buf[i], buf[i + s * blockDim.x]);
+  // The threads of one output meet: within a warp (lanes bx apart), then across the warps.
+  for (unsigned d = 16; d >= blockDim.x; d /= 2) acc = Op::combine(acc, shfl_down(acc, d));
+  __shared__ A buf[kThreads];
+  const unsigned rows_per_warp = blockDim.x < 32 ? 32 / blockDim.x : 1;
+  if (threadIdx.y % rows_per_warp == 0) buf[threadIdx.y / rows_per_warp * blockDim.x + threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && o < p.n_out) {
+    for (unsigned j = 1; j < blockDim.y / rows_per_warp; ++j) acc = Op::combine(acc, buf[j * blockDim.x + threadIdx.x]);
+    y[blockIdx.y * p.n_out + o] = Op::template finish<TO>(acc, p.scale);
   }
-  if (threadIdx.y == 0 && o < p.n_out) y[blockIdx.y * p.n_out + o] = Op::template finish<TO>(buf[i], p.scale);
 }
 
 int64_t pow2_at_least(int64_t n) {
@@ -208,13 +221,17 @@ void launch(const TI* x, TO* y, const Plan& p, const char* name) {
   // warp; otherwise the warp goes along the reduced run.
   const bool kept_inner = p.kept.rank > 0 && p.kept.stride[p.kept.rank - 1] == 1;
   const int64_t run = kept_inner ? p.kept.size[p.kept.rank - 1] : 1;
-  const int by = int(std::min<int64_t>(kThreads / std::min<int64_t>(32, pow2_at_least(run)), pow2_at_least(p.red)));
-  const int bx = kThreads / by;
+  // Threads along r get kPerThread elements each, unless that leaves x threads without outputs;
+  // x spans at least a 32-byte sector when the outputs are adjacent in memory.
+  int64_t by = pow2_at_least((p.red + kPerThread - 1) / kPerThread);
+  by = std::max(by, kThreads / std::min<int64_t>(kThreads, pow2_at_least(p.n_out)));
+  by = std::min(by, kThreads / std::min<int64_t>(8, pow2_at_least(run)));
+  const int bx = int(kThreads / by);
   const int64_t tiles = (p.n_out + bx - 1) / bx;
-  // Enough blocks to fill the GPU, with at least 16 elements per thread and split.
+  // Enough blocks to fill the GPU, each thread still given kPerThread elements.
   const int64_t want = (int64_t(sm_count()) * 8 + tiles - 1) / tiles;
-  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, p.red / (int64_t(by) * 16), 65535}));
-  const dim3 block(bx, by);
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, p.red / (by * kPerThread), 65535}));
+  const dim3 block(bx, unsigned(by));
   if (splits == 1) {
     reduce_kernel<Op, A><<<dim3(unsigned(tiles)), block, 0, stream()>>>(x, y, p);
     check_launch(name);
