@@ -10,12 +10,11 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch  # first: kiln then shares the cuBLAS/cuDNN PyTorch has loaded
+from test_deploy_bench import resnet18
 
-import numpy as np  # noqa: E402
-from test_deploy_bench import resnet18  # noqa: E402
-
-import kiln as kn  # noqa: E402
+import kiln as kn
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 
@@ -83,12 +82,14 @@ def conv_fwd_bwd(batch: int, c: int, hw: int) -> tuple[float, float]:
     return batch / k, batch / t
 
 
-def resnet18_step(batch: int, size: int) -> tuple[float, float, float]:
+def resnet18_step(batch: int, size: int, tf32: bool = False) -> tuple[float, float, float]:
     """Images/s of a ResNet-18 SGD-momentum training step on a host batch: kiln, PyTorch copying
     the batch from the host too, and PyTorch with the batch already on the GPU."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
     y = rng.integers(0, 1000, batch)
+    kn.cuda.allow_tf32(tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     with kn.Graph():
         kn.manual_seed(0)
         model = resnet18(kn)
@@ -112,30 +113,33 @@ def resnet18_step(batch: int, size: int) -> tuple[float, float, float]:
 
     t_host = median_seconds(torch_sync(lambda: tstep(True)))
     t_dev = median_seconds(torch_sync(lambda: tstep(False)))
+    kn.cuda.allow_tf32(False)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return batch / k, batch / t_host, batch / t_dev
 
 
 def main() -> None:
+    # Exact float32 on both sides unless a row says TF32 (PyTorch's cuDNN default is TF32 on).
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False  # heuristics, as kiln
     print(f"GPU: {torch.cuda.get_device_name(0)}; kiln: {kn.cuda.status()}; torch {torch.__version__}")
     print("| measure | kiln | PyTorch | kiln / PyTorch |")
     print("| --- | ---: | ---: | ---: |")
-    for n in (4096, 8192):
-        for tf32 in (False, True):
-            k, t = sgemm(n, tf32)
-            label = f"sgemm {n}^3{' (TF32 allowed)' if tf32 else ''}, TFLOP/s"
-            print(f"| {label} | {k:.1f} | {t:.1f} | {k / t:.2f} |", flush=True)
+    for batch, size, tf32 in ((128, 224, False), (512, 32, False), (128, 224, True)):
+        k, th, td = resnet18_step(batch, size, tf32)
+        label = f"ResNet-18 train step, batch {batch} {size}x{size}{', TF32' if tf32 else ''}, images/s"
+        print(f"| {label} (batch from the host) | {k:.0f} | {th:.0f} | {k / th:.2f} |", flush=True)
+        print(f"| {label} (PyTorch's batch already on the GPU) | | {td:.0f} | {k / td:.2f} |", flush=True)
+    for n, tf32 in ((8192, False), (8192, True)):
+        k, t = sgemm(n, tf32)
+        label = f"sgemm {n}^3{' (TF32 allowed)' if tf32 else ''}, TFLOP/s"
+        print(f"| {label} | {k:.1f} | {t:.1f} | {k / t:.2f} |", flush=True)
     print("| hgemm | n/a: kiln has no float16 tensors yet | | |")
-    for batch, c, hw in ((128, 64, 56), (128, 256, 14)):
+    for batch, c, hw in ((128, 64, 56),):
         k, t = conv_fwd_bwd(batch, c, hw)
         print(f"| conv2d 3x3 {c}->{c} {hw}x{hw} fwd+bwd, batch {batch}, images/s | {k:.0f} | {t:.0f} | {k / t:.2f} |",
               flush=True)  # fmt: skip
-    for batch, size in ((128, 224), (512, 32)):
-        k, th, td = resnet18_step(batch, size)
-        print(f"| ResNet-18 train step, batch {batch} {size}x{size}, images/s (batch from the host) "
-              f"| {k:.0f} | {th:.0f} | {k / th:.2f} |", flush=True)  # fmt: skip
-        print(f"| (PyTorch with the batch already on the GPU) | | {td:.0f} | {k / td:.2f} |", flush=True)
-    t = kn.cuda.transfers()
-    print(f"host<->device traffic of the whole run: {t}")
+    print(f"host<->device traffic of the whole run: {kn.cuda.transfers()}")
 
 
 if __name__ == "__main__":

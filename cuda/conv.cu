@@ -132,12 +132,14 @@ struct Plan {
 
 // The first algorithm of the heuristics' ranking that runs within kMaxWorkspace, its math type set on
 // the descriptor. Deterministic ones first (some backward algorithms add with atomics: a function
-// called twice would not give the same bits, as it does on the CPU), then any. Without TF32 only FMA
+// called twice would not give the same bits, as it does on the CPU), then any. The weight gradient
+// takes the fastest outright: it feeds optimizer steps, never a function's repeatable forward output. Without TF32 only FMA
 // math keeps float32 exact (cuDNN's default math may use TF32 on Ampere and newer): entries ranked
 // for FMA math first, and last any algorithm forced to FMA math.
 template <class Perf, class SizeFn>
-void choose(Plan& p, const Perf* perf, int count, bool fma_only, SizeFn workspace_of, const char* op) {
-  for (int round = 0; round < 3; ++round)
+void choose(Plan& p, const Perf* perf, int count, bool fma_only, bool deterministic_first, SizeFn workspace_of,
+            const char* op) {
+  for (int round = deterministic_first ? 0 : 1; round < 3; ++round)
     for (int i = 0; i < count; ++i) {
       if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
       if (round == 0 && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
@@ -197,7 +199,7 @@ const Plan& plan_for(const ConvGeom& g, Pass pass, DType dt, const char* op) {
     auto bytes_of = [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, algo, bytes);
     };
-    choose(*p, perf, count, fma_only, bytes_of, op);
+    choose(*p, perf, count, fma_only, pass != Pass::weight_grad, bytes_of, op);
   } else if (pass == Pass::input_grad) {
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     check_dnn(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x,
@@ -206,7 +208,7 @@ const Plan& plan_for(const ConvGeom& g, Pass pass, DType dt, const char* op) {
     auto bytes_of = [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, algo, bytes);
     };
-    choose(*p, perf, count, fma_only, bytes_of, op);
+    choose(*p, perf, count, fma_only, pass != Pass::weight_grad, bytes_of, op);
   } else {
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     check_dnn(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w,
@@ -215,7 +217,7 @@ const Plan& plan_for(const ConvGeom& g, Pass pass, DType dt, const char* op) {
     auto bytes_of = [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
       return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w, algo, bytes);
     };
-    choose(*p, perf, count, fma_only, bytes_of, op);
+    choose(*p, perf, count, fma_only, pass != Pass::weight_grad, bytes_of, op);
   }
   return *plans->emplace(std::move(key), std::move(p)).first->second;
 }

@@ -152,9 +152,13 @@ def test_convnet_training_curve_matches_the_cpu():
 def test_training_step_moves_only_its_batch_and_loss():
     x = kn.input("x", (None, 3, 16, 16))
     y = kn.input("y", (None,), dtype="int64")
-    model = kn.nn.Sequential(kn.nn.Conv2d(3, 8, 3, padding=1), kn.nn.ReLU(), kn.nn.Flatten(), kn.nn.Linear(8 * 256, 10))
+    model = kn.nn.Sequential(
+        kn.nn.Conv2d(3, 8, 3, padding=1), kn.nn.ReLU(), kn.nn.Flatten(), kn.nn.Linear(8 * 256, 10)
+    )
     loss = kn.softmax_cross_entropy(model(x), y)
-    step = kn.function([x, y], loss, updates=kn.optim.SGD(model.parameters(), lr=0.1).updates(loss), device="cuda")
+    step = kn.function(
+        [x, y], loss, updates=kn.optim.SGD(model.parameters(), lr=0.1).updates(loss), device="cuda"
+    )
     xb = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
     yb = np.arange(32) % 10
     step(xb, yb)  # the first call moves the variables to the device and plans
