@@ -133,9 +133,9 @@ struct Plan {
 // The first algorithm of the heuristics' ranking that runs within kMaxWorkspace, its math type set on
 // the descriptor. Deterministic ones first (some backward algorithms add with atomics: a function
 // called twice would not give the same bits, as it does on the CPU), then any. The weight gradient
-// takes the fastest outright: it feeds optimizer steps, never a function's repeatable forward output. Without TF32 only FMA
-// math keeps float32 exact (cuDNN's default math may use TF32 on Ampere and newer): entries ranked
-// for FMA math first, and last any algorithm forced to FMA math.
+// takes the fastest outright: it feeds optimizer steps, never a function's repeatable forward output. Without TF32 only
+// FMA math keeps float32 exact (cuDNN's default math may use TF32 on Ampere and newer): entries ranked for FMA math
+// first, and last any algorithm forced to FMA math.
 template <class Perf, class SizeFn>
 void choose(Plan& p, const Perf* perf, int count, bool fma_only, bool deterministic_first, SizeFn workspace_of,
             const char* op) {

@@ -111,8 +111,8 @@ void where_kernel(const KernelContext& c) {
   const Shape* shapes[3] = {&cond.shape(), &a.shape(), &b.shape()};
   const cpu::Broadcast<3> bc(out.shape(), shapes);
   KILN_DISPATCH_ALL(out.dtype(), "where", {
-    where_bcast<<<blocks_for(n), kThreads, 0, stream()>>>(n, cond.data<bool>(), a.data<scalar_t>(),
-                                                         b.data<scalar_t>(), out.data<scalar_t>(), bc);
+    where_bcast<<<blocks_for(n), kThreads, 0, stream()>>>(n, cond.data<bool>(), a.data<scalar_t>(), b.data<scalar_t>(),
+                                                          out.data<scalar_t>(), bc);
   });
   check_launch("where");
 }

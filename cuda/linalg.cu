@@ -11,18 +11,18 @@ namespace {
 // Row-major C (m x n) = op(A) (m x k) op(B) (k x n) is column-major C^T = op(B)^T op(A)^T: cuBLAS
 // gets B first, and no operand is ever copied to transpose it.
 template <class T>
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t stride_a, const T* b,
-          int64_t stride_b, T* c, int64_t batches) {
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t stride_a, const T* b, int64_t stride_b,
+          T* c, int64_t batches) {
   const cudaDataType_t type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
   const cublasComputeType_t compute = std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F
                                       : tf32_allowed()          ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                                 : CUBLAS_COMPUTE_32F;
   const T one = 1, zero = 0;
-  check_blas(cublasGemmStridedBatchedEx(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
-                                        int(m), int(k), &one, b, type, int(tb ? k : n), stride_b, a, type,
-                                        int(ta ? m : k), stride_a, &zero, c, type, int(n), m * n, int(batches),
-                                        compute, CUBLAS_GEMM_DEFAULT),
-             "matmul (cublasGemmStridedBatchedEx)");
+  check_blas(
+      cublasGemmStridedBatchedEx(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m),
+                                 int(k), &one, b, type, int(tb ? k : n), stride_b, a, type, int(ta ? m : k), stride_a,
+                                 &zero, c, type, int(n), m * n, int(batches), compute, CUBLAS_GEMM_DEFAULT),
+      "matmul (cublasGemmStridedBatchedEx)");
 }
 
 // Integer matmul has no cuBLAS routine: one thread per output element (rarely used, exact).
@@ -101,10 +101,9 @@ void matmul_kernel(const KernelContext& c) {
         check(cudaMemcpyAsync(offsets.as<int64_t>() + batches, off_b.data(), batches * sizeof(int64_t),
                               cudaMemcpyHostToDevice, stream()),
               "matmul offsets");
-        gemm_naive<<<blocks_for(C.numel()), kThreads, 0, stream()>>>(ta, tb, m, n, k, A.data<scalar_t>(),
-                                                                    offsets.as<int64_t>(), B.data<scalar_t>(),
-                                                                    offsets.as<int64_t>() + batches,
-                                                                    C.data<scalar_t>(), batches);
+        gemm_naive<<<blocks_for(C.numel()), kThreads, 0, stream()>>>(
+            ta, tb, m, n, k, A.data<scalar_t>(), offsets.as<int64_t>(), B.data<scalar_t>(),
+            offsets.as<int64_t>() + batches, C.data<scalar_t>(), batches);
         check_launch("matmul");  // copies from pageable memory are staged: the vectors may go now
       });
   }
@@ -143,10 +142,17 @@ void permute_kernel(const KernelContext& c) {
   }
   // Moved by element size: the values are only copied.
   switch (dtype_size(x.dtype())) {
-    case 1: permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint8_t>(), y.data<uint8_t>(), p); break;
-    case 4: permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint32_t>(), y.data<uint32_t>(), p); break;
-    case 8: permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint64_t>(), y.data<uint64_t>(), p); break;
-    default: throw Error("permute: dtype " + std::string(dtype_name(x.dtype())) + " is not supported on the GPU");
+    case 1:
+      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint8_t>(), y.data<uint8_t>(), p);
+      break;
+    case 4:
+      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint32_t>(), y.data<uint32_t>(), p);
+      break;
+    case 8:
+      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint64_t>(), y.data<uint64_t>(), p);
+      break;
+    default:
+      throw Error("permute: dtype " + std::string(dtype_name(x.dtype())) + " is not supported on the GPU");
   }
   check_launch("permute");
 }

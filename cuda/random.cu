@@ -5,39 +5,27 @@
 #include <type_traits>
 
 #include "common.cuh"
-#include "cpu/random.h"  // the host half: cpu::stream_key
+#include "cpu/random.h"  // the generator, shared with the CPU kernels
 
 namespace kiln::cuda {
 namespace {
 
-// Device copies of cpu/random.h's element-wise functions, which are host-only: keep the two in step.
-namespace rng {
-__device__ inline uint64_t splitmix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-__device__ inline uint64_t random_bits(uint64_t key, int64_t i) {
-  return splitmix64(key + static_cast<uint64_t>(i) * 0xd1b54a32d192ed03ull);
-}
-__device__ inline double unit_double(uint64_t bits) {
-  return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
-}
-__device__ inline float unit_float(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
-}  // namespace rng
+using cpu::random_bits;
+using cpu::splitmix64;
+using cpu::unit_double;
+using cpu::unit_float;
 
 // The CPU's `a + (b - a) * u` and `a + b * r * c` are contracted to one fused multiply-add by its -march=native build
 // (GCC's -ffp-contract=fast on FMA hardware): fma here rounds the same way.
 template <class T>
 __global__ void uniform_kernel(int64_t n, uint64_t key, double lo, double hi, T* out) {
   KILN_GRID_LOOP(i, n) {
-    const uint64_t h = rng::random_bits(key, i);
+    const uint64_t h = random_bits(key, i);
     double u;
     if constexpr (std::is_same_v<T, float>)
-      u = rng::unit_float(h);
+      u = unit_float(h);
     else
-      u = rng::unit_double(h);
+      u = unit_double(h);
     out[i] = static_cast<T>(fma(hi - lo, u, lo));
   }
 }
@@ -47,9 +35,9 @@ template <class T>
 __global__ void normal_kernel(int64_t n, uint64_t key, double mean, double sd, T* out) {
   constexpr double two_pi = 2.0 * 3.14159265358979323846;
   KILN_GRID_LOOP(i, n) {
-    const uint64_t h = rng::random_bits(key, i);
+    const uint64_t h = random_bits(key, i);
     const double u1 = (static_cast<double>(h >> 11) + 1.0) * (1.0 / 9007199254740993.0);
-    const double u2 = rng::unit_double(rng::splitmix64(h));
+    const double u2 = unit_double(splitmix64(h));
     out[i] = static_cast<T>(fma(sd * sqrt(-2.0 * log(u1)), cos(two_pi * u2), mean));
   }
 }
@@ -73,7 +61,7 @@ void random_kernel(const KernelContext& c) {
 // Inverted dropout: element i is dropped when its uniform double is below p, as on the CPU, so the masks agree.
 template <class T>
 __global__ void dropout_apply(int64_t n, uint64_t key, double p, T scale, const T* in, T* out) {
-  KILN_GRID_LOOP(i, n) out[i] = rng::unit_double(rng::random_bits(key, i)) < p ? T(0) : in[i] * scale;
+  KILN_GRID_LOOP(i, n) out[i] = unit_double(random_bits(key, i)) < p ? T(0) : in[i] * scale;
 }
 
 void dropout_kernel(const KernelContext& c) {  // also the gradient: the same mask, regenerated

@@ -156,9 +156,9 @@ def test_training_step_moves_only_its_batch_and_loss():
         kn.nn.Conv2d(3, 8, 3, padding=1), kn.nn.ReLU(), kn.nn.Flatten(), kn.nn.Linear(8 * 256, 10)
     )
     loss = kn.softmax_cross_entropy(model(x), y)
-    step = kn.function(
-        [x, y], loss, updates=kn.optim.SGD(model.parameters(), lr=0.1).updates(loss), device="cuda"
-    )
+    last = kn.Parameter(np.zeros((), np.float32), name="last_loss")  # written, never read: on the device too
+    updates = kn.optim.SGD(model.parameters(), lr=0.1).updates(loss) + [(last, loss)]
+    step = kn.function([x, y], loss, updates=updates, device="cuda")
     xb = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
     yb = np.arange(32) % 10
     step(xb, yb)  # the first call moves the variables to the device and plans
@@ -171,6 +171,7 @@ def test_training_step_moves_only_its_batch_and_loss():
     assert kn._core.allocation_count() - allocs == 3  # the host array of each loss, nothing on the device
     w = model.parameters()[0].numpy()  # read back from the device
     assert np.isfinite(w).all()
+    assert np.isfinite(last.numpy()) and last.numpy() > 0
 
 
 @needs_device

@@ -1,4 +1,5 @@
 // The C++ library on its own: tensors, the registry, graphs, autodiff and compiled functions.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <cmath>

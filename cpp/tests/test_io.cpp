@@ -1,5 +1,6 @@
 // Files without Python: a training step and a predictor saved, loaded and run from C++; .npy
 // round trips; damaged files give kiln::Error; the CUDA queries answer on any machine.
+#include <algorithm>
 #include <gtest/gtest.h>
 #include <unistd.h>
 

@@ -30,8 +30,7 @@ class Function {
   // outputs: (name, value); updates: (variable, new value), applied after every call
   // (only when training is true; an inference function never writes state).
   Function(const std::vector<Value>& inputs, const std::vector<std::pair<std::string, Value>>& outputs,
-           const std::vector<std::pair<Value, Value>>& updates = {}, bool training = true,
-           Device device = Device::cpu);
+           const std::vector<std::pair<Value, Value>>& updates = {}, bool training = true, Device device = Device::cpu);
   ~Function();
   Function(Function&&) noexcept;
   Function& operator=(Function&&) noexcept;

@@ -67,7 +67,7 @@ struct OpDef {
   bool differentiable = true;  // false: an explicit "has no gradient" mark
   KernelFn cpu = nullptr;
   KernelFn cuda = nullptr;  // set by cuda/*.cu where the backend is built
-  WorkspaceFn workspace;  // empty: the kernel needs no scratch memory
+  WorkspaceFn workspace;    // empty: the kernel needs no scratch memory
   OpKind kind = OpKind::compute;
   bool elementwise = false;  // output may reuse input 0's buffer when it dies here
   bool random = false;       // impure: never merged, folded, or hoisted

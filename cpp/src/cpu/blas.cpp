@@ -1,5 +1,6 @@
 #include "cpu/blas.h"
 
+#include <algorithm>
 #include <cblas.h>
 
 #include <cstdint>

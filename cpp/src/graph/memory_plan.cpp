@@ -223,7 +223,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     Step st;
     st.op = node.op;
     st.kernel = view[id] ? bind_view : on_gpu ? node.op->cuda : node.op->cpu;
-    if (!st.kernel) throw Error("internal: no " + std::string(on_gpu ? "CUDA" : "CPU") + " kernel for " + describe(node));
+    if (!st.kernel)
+      throw Error("internal: no " + std::string(on_gpu ? "CUDA" : "CPU") + " kernel for " + describe(node));
     st.attrs = &node.attrs;
     st.node = id;
     for (const Edge& e : node.inputs) st.in.push_back(&plan->slots[slot_of[e.node][e.index]]);

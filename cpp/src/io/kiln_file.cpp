@@ -3,6 +3,7 @@
 // holds "kiln.format" (the version) and "kiln.graph": the functions' optimised programs as JSON.
 // Loading rebuilds every node through the op registry and re-runs its shape inference, so a file
 // that loads describes a graph kiln could have built itself.
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>

@@ -2,6 +2,7 @@
 // dims), as torch.nn.functional: NC[D][H]W input, (K, C/groups, kernel...) weights, stride,
 // padding (begin and end per dim), dilation, groups. Forward, input gradient (also the forward of
 // the transposed convolution) and weight gradient are im2col + BLAS GEMM over cache-sized tiles.
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 

@@ -6,6 +6,7 @@
 // convolution. A vector is 16 pixels of one output row, or, for images 8 or 4 pixels wide, 2 or 4
 // whole rows. Written with the compiler's vector extension it needs no intrinsics; -march=native
 // (KILN_NATIVE) makes each vector operation one AVX-512 instruction.
+#include <algorithm>
 #include <cstring>
 
 #include "ops/conv_geom.h"

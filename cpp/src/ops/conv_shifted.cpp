@@ -6,6 +6,7 @@
 // sample, whose windows run into the padding) discarded. The input gradient is the adjoint (the
 // GEMMs add into a padded buffer at the same offsets) and the weight gradient one GEMM per tap
 // reducing over the grid, with the output gradient zero at junk positions.
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/blas.h"

@@ -1,5 +1,7 @@
 // matmul (batched, broadcasting, BLAS-backed, with transpose flags so that its own gradient
 // needs no transposed copies) and permute.
+#include <algorithm>
+
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "ops/common.h"

@@ -7,10 +7,12 @@
 
 #include "kiln/graph.h"
 
+#ifndef KILN_HD
 #ifdef __CUDACC__
 #define KILN_HD __host__ __device__
 #else
 #define KILN_HD
+#endif
 #endif
 
 namespace kiln::math {
@@ -205,7 +207,6 @@ struct Xor {
   KILN_HD bool operator()(bool a, bool b) const { return a != b; }
 };
 
-
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
 constexpr double kSeluScale = 1.0507009873554804934193349852946;
 
@@ -263,6 +264,5 @@ struct Gelu {
     return T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476))) + x * pdf;
   }
 };
-
 
 }  // namespace kiln::math

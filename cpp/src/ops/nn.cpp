@@ -1,6 +1,7 @@
 // Neural-network ops with fused kernels: dropout (mode-dependent), batch norm (mode-dependent,
 // with running statistics as state), softmax cross-entropy (stable, with label smoothing, class
 // weights and ignore_index).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 

@@ -2,6 +2,7 @@
 // memory, with PyTorch's update rules. Inputs are (param, grad, slots..., lr, step); `lr` is a
 // scalar tensor (so learning-rate schedules are graph computations) and `step` the 1-based step
 // number after this update, as a scalar of the parameter's dtype.
+#include <algorithm>
 #include <cmath>
 
 #include "cpu/parallel.h"

@@ -1,6 +1,7 @@
 // Pooling in 1-3 spatial dims (as 3-D with size-1 leading dims), as torch.nn.functional:
 // max and average pooling (kernel, stride, padding, ceil_mode, count_include_pad), adaptive
 // average and max pooling, and nearest / bilinear upsampling, each with its gradient op.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>

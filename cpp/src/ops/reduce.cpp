@@ -1,5 +1,6 @@
 // Reductions: sum, mean, prod, max, min over any set of axes; argmax/argmin along one axis;
 // sum_to_like (the gradient of broadcasting); count (how many elements a reduction sees).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 

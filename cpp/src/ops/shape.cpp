@@ -1,5 +1,6 @@
 // Shape ops: views (reshape, flatten, squeeze, unsqueeze, reshape_like), broadcasting,
 // filling, concat/split, slicing and padding.
+#include <algorithm>
 #include <numeric>
 
 #include "cpu/broadcast.h"

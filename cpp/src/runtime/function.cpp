@@ -175,7 +175,7 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
     values.push_back(is_variable ? v.clone() : v);
   }
   for (size_t i = 0; i < values.size(); ++i) {
-    Tensor& var = program_->variables->get(plan.update_slots[i].first);
+    Tensor& var = program_->variables->on(plan.update_slots[i].first, device_);  // also those only written
     if (var.raw() != values[i].raw()) var.copy_from(values[i]);
   }
   if (device_ != Device::cpu) device::synchronize();  // the call's GPU work is done when it returns

@@ -59,7 +59,7 @@ struct Plan {
   std::vector<std::pair<std::string, int>> update_slots;
   std::vector<std::shared_ptr<Storage>> buffers;
   std::vector<Tensor> staged_inputs;  // device copies of host inputs (GPU plans), one per input
-  std::shared_ptr<Storage> scratch;  // shared by the kernels that need workspace, one at a time
+  std::shared_ptr<Storage> scratch;   // shared by the kernels that need workspace, one at a time
   PlanStats stats;
 };
 
