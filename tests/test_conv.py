@@ -352,6 +352,10 @@ DIRECT_CASES = {
     "rows of 8, odd height, 1x1": ((2, 6, 7, 8), (9, 6, 1, 1), dict()),
     "rows of 4: four rows a vector": ((5, 8, 4, 4), (8, 8, 3, 3), dict(padding=1)),
     "1-d of 8": ((3, 4, 8), (6, 4, 3), dict(padding=1)),
+    "rows of 7: two rows in 16 lanes": ((2, 16, 7, 7), (16, 16, 3, 3), dict(padding=1)),
+    "one 7x7 image: blocks of 2 vectors": ((1, 24, 7, 7), (20, 24, 3, 3), dict(padding=1)),
+    "rows of 6 and 5": ((2, 8, 6, 7), (8, 8, 3, 3), dict(padding=(1, 0))),
+    "rows of 3: four rows a vector": ((3, 4, 5, 4), (6, 4, 3, 2), dict(padding=(1, 0))),
 }
 
 
@@ -692,11 +696,14 @@ def test_conv_transpose_output_padding_below_the_dilation(dtype):
 
 
 @pytest.mark.parametrize(
-    "window", [(2, 2, 0), (3, 2, 1), (3, 1, 1)], ids=["2x2", "3x3 s2 pad 1", "3x3 s1 pad 1"]
+    "window",
+    [(2, 2, 0), (2, 2, 1), (3, 2, 0), (3, 2, 1), (3, 1, 1)],
+    ids=["2x2", "2x2 pad 1", "3x3 s2", "3x3 s2 pad 1", "3x3 s1 pad 1"],
 )
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_max_pool_ties_and_nans_on_wide_rows(dtype, window):
-    """Rows of 18 outputs: 16 through the vector path of 2x2 pooling, 2 through the scalar one.
+    """Rows of about 18 outputs: 16 through the vector path of stride-2 pooling, the rest (and the
+    padded border windows) through the scalar one.
     Ties keep the first maximum in window order and a NaN wins, as torch (numpy's argmax agrees)."""
     rng = np.random.default_rng(3)
     xv = rng.integers(0, 3, (2, 3, 34, 37)).astype(dtype)  # many ties

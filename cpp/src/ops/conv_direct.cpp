@@ -19,7 +19,6 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
 constexpr int64_t kLanes = 16;    // output pixels per vector
 constexpr int64_t kFilters = 8;   // filters per register block
-constexpr int64_t kVectors = 3;   // vectors (or weight-gradient taps) per register block
 constexpr int64_t kMaxTaps = 64;  // kernels up to 8x8 (larger ones take the GEMM paths)
 
 template <class V>
@@ -51,8 +50,10 @@ inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s,
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Output rows per vector: 1 for rows of 12 or more pixels (the last vector of a row partly
-// empty), 2 or 4 for rows of 8 or 4; 0 where the direct kernels do not apply.
-int rows_per_vector(int64_t ow) { return ow >= 12 ? 1 : ow == 8 ? 2 : ow == 4 ? 4 : 0; }
+// empty), 2 for rows of 5 to 8 and 4 for rows of 2 to 4 (each row in 8 or 4 lanes, the lanes past
+// a narrower row computed and dropped: 7x7 images use 14 of 16); 0 where the direct kernels do
+// not apply.
+int rows_per_vector(int64_t ow) { return ow >= 12 ? 1 : ow >= 5 && ow <= 8 ? 2 : ow >= 2 && ow <= 4 ? 4 : 0; }
 
 // One direct convolution, stride 1: y (N, K, OH, OW) = conv(x (N, C, H, W) padded by (pt, pl)
 // on the top and left, weights w[k][c][kh][kw] of `groups` groups) + bias.
@@ -65,7 +66,9 @@ struct Direct {
   int64_t blocks() const { return (kg() + kFilters - 1) / kFilters; }  // filter blocks per group
   // The padded input: hp rows of wq, whole vectors of output pixels reading inside it.
   int64_t hp() const { return round_up(oh, R()) + dh * (kh - 1); }
-  int64_t wq() const { return (R() == 1 ? round_up(ow, kLanes) : ow) + dw * (kw - 1); }
+  int64_t lanes_per_row() const { return kLanes / R(); }
+  bool narrow() const { return R() > 1 && ow < lanes_per_row(); }  // rows that leave lanes over
+  int64_t wq() const { return (R() == 1 ? round_up(ow, kLanes) : lanes_per_row()) + dw * (kw - 1); }
   int64_t plane() const { return hp() * wq(); }
   int64_t padded() const { return c * plane(); }
   // Output vectors per channel, and where vector v's pixels sit in the padded input and the output.
@@ -74,7 +77,7 @@ struct Direct {
   int64_t x_at(int64_t v) const {
     return R() == 1 ? (v / per_row()) * wq() + (v % per_row()) * kLanes : v * R() * wq();
   }
-  int64_t y_at(int64_t v) const { return R() == 1 ? (v / per_row()) * ow + (v % per_row()) * kLanes : v * kLanes; }
+  int64_t y_at(int64_t v) const { return R() == 1 ? (v / per_row()) * ow + (v % per_row()) * kLanes : v * R() * ow; }
   int64_t y_count(int64_t v) const {
     return R() == 1 ? std::min(kLanes, ow - (v % per_row()) * kLanes) : std::min(kLanes, (oh - v * R()) * ow);
   }
@@ -127,11 +130,13 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
     }
 }
 
-// y[k][...] for filters [k0, k0 + 8) of group grp, for ns padded samples: blocks of 3 vectors run
-// across the samples, so small images (4 vectors of an 8x8) fill every block.
-template <int R>
+// y[k][...] for filters [k0, k0 + 8) of group grp, for ns padded samples: blocks of KV vectors (3,
+// or 2 where that wastes fewer: the 4 vectors of one 7x7 image) run across the samples, so small
+// images fill every block.
+template <int R, int KV>
 void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wblock, int64_t grp, int64_t k0,
                    const float* bias, bool relu, float* y) {
+  constexpr int64_t kVectors = KV;
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
   const int64_t nk = std::min(kFilters, d.kg() - k0), total = ns * V;
   int64_t off[kMaxTaps];
@@ -154,15 +159,16 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
       const float* wc = wblock + c * T * kFilters;
       const int64_t xo = c * plane;
       for (int64_t t = 0; t < T; ++t) {
-        const v16 x0 = load_rows<R>(xv[0] + xo + off[t], wq), x1 = load_rows<R>(xv[1] + xo + off[t], wq),
-                  x2 = load_rows<R>(xv[2] + xo + off[t], wq);
+        const v16 x0 = load_rows<R>(xv[0] + xo + off[t], wq), x1 = load_rows<R>(xv[1] + xo + off[t], wq);
+        v16 x2;
+        if constexpr (KV == 3) x2 = load_rows<R>(xv[2] + xo + off[t], wq);
         const float* wt = wc + t * kFilters;
 #pragma GCC unroll 8
         for (int64_t i = 0; i < kFilters; ++i) {
           const v16 wi = splat(wt[i]);
           acc[i][0] += wi * x0;
           acc[i][1] += wi * x1;
-          acc[i][2] += wi * x2;
+          if constexpr (KV == 3) acc[i][2] += wi * x2;
         }
       }
     }
@@ -172,7 +178,17 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
     for (int64_t j = 0; j < nv; ++j) {
       const int64_t v = v0 + j;
       float* yv = y + (v / V) * d.k * P + (grp * d.kg() + k0) * P + d.y_at(v % V);
-      for (int64_t i = 0; i < nk; ++i) std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
+      if (R == 1 || !d.narrow()) {
+        for (int64_t i = 0; i < nk; ++i) std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
+        continue;
+      }
+      const int64_t rows = std::min<int64_t>(R, d.oh - (v % V) * R), lanes = d.lanes_per_row();
+      for (int64_t i = 0; i < nk; ++i) {
+        float v16_lanes[kLanes];  // a copy: a pointer into acc would keep it out of registers
+        std::memcpy(v16_lanes, &acc[i][j], sizeof v16_lanes);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(yv + i * P + r * d.ow, v16_lanes + r * lanes, d.ow * sizeof(float));
+      }
     }
   }
 }
@@ -282,8 +298,14 @@ void run_forward(const Direct& d, const float* x, const float* w, bool flip_tran
       cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           if (pack_in_job) pack_block(d, w, flip_transpose, j, packed);
-          forward_block<R>(d, buf, ns, packed + j * block_elems, j / d.blocks(), j % d.blocks() * kFilters, bias, relu,
-                           y + n0 * d.k * P);
+          // 3 vectors a block, or 2 where that computes fewer dropped ones (they run 10% slower)
+          const int64_t total = ns * d.vectors(), by3 = (total + 2) / 3 * 3, by2 = (total + 1) / 2 * 2;
+          const float* wb = packed + j * block_elems;
+          const int64_t grp = j / d.blocks(), k0 = j % d.blocks() * kFilters;
+          if (by2 * 11 < by3 * 10)
+            forward_block<R, 2>(d, buf, ns, wb, grp, k0, bias, relu, y + n0 * d.k * P);
+          else
+            forward_block<R, 3>(d, buf, ns, wb, grp, k0, bias, relu, y + n0 * d.k * P);
         }
       });
     }

@@ -149,16 +149,19 @@ inline int64_t first_nan(const T* plane, int64_t lo, int64_t hi) {
 // the window unrolled where it lies inside the image and clipped at the borders (padding).
 bool plain_max_windows(const PoolGeom& g) { return g.in[0] == 1 && g.ker[0] == 1; }
 
-// One plane, output columns [ow0, OW). KH, KW, S > 0: the window's size and stride known at
-// compile time (2x2 and 3x3, nearly every network's), which lets the compiler unroll the window
-// (3x faster than the general loop). Every window holds at least one pixel (padding is at most
-// half the kernel).
+// One plane's outputs in rows [oh0, oh1) and columns [ow0, ow1) (all of them by default). KH, KW,
+// S > 0: the window's size and stride known at compile time (2x2 and 3x3, nearly every network's),
+// which lets the compiler unroll the window (3x faster than the general loop). Every window holds
+// at least one pixel (padding is at most half the kernel).
 template <class T, int KH, int KW, int S>
 void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t kh_,
-                    int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph, int64_t pw, int64_t ow0 = 0) {
+                    int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph, int64_t pw, int64_t oh0 = 0, int64_t oh1 = -1,
+                    int64_t ow0 = 0, int64_t ow1 = -1) {
   const int64_t kh = KH > 0 ? KH : kh_, kw = KW > 0 ? KW : kw_, sh = S > 0 ? S : sh_, sw = S > 0 ? S : sw_;
-  for (int64_t oh = 0; oh < OH; ++oh)
-    for (int64_t ow = ow0; ow < OW; ++ow) {
+  if (oh1 < 0) oh1 = OH;
+  if (ow1 < 0) ow1 = OW;
+  for (int64_t oh = oh0; oh < oh1; ++oh)
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
       const int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
       int64_t ha = h0, hb = h0 + kh, wa = w0, wb = w0 + kw;
       T best;
@@ -186,40 +189,61 @@ void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW
     }
 }
 
-// 2x2 windows, stride 2, float32: 16 outputs at a time from two rows of 32 pixels, split into even
-// and odd columns, folded in window order with vector selects. The rest of a row: the scalar loop.
+// KxK windows (2x2 or 3x3), stride 2, float32, any padding: 16 outputs at a time for windows
+// inside the image, from rows of 32 pixels split into even and odd columns, folded in window order
+// with vector selects (as fold_max: the first maximum; a NaN, once seen, wins). Border windows
+// (the padding) take the scalar loop.
 typedef float f16v __attribute__((vector_size(64)));
 typedef int32_t i16v __attribute__((vector_size(64)));
 
-void max_pool_2x2_plane(const float* plane, float* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W) {
+template <int K>
+void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W,
+                       int64_t ph, int64_t pw) {
   constexpr int64_t kLanes = 16;
-  const int64_t vec_end = OW / kLanes * kLanes;
+  // Output columns whose 16-wide vector reads inside the row: windows start at 2 ow - pw >= 0 and
+  // the loads (32 pixels from the start, and from start + 2 for a third column) end inside W.
+  const int64_t ow_lo = (pw + 1) / 2, reach = K == 3 ? 34 : 32, last = W - reach + pw;  // 2 ow <= last
+  const int64_t n_vec = last >= 2 * ow_lo ? (last / 2 - ow_lo) / kLanes + 1 : 0;
+  const int64_t vec_end = ow_lo + n_vec * kLanes;
   for (int64_t oh = 0; oh < OH; ++oh) {
-    const float* r0 = plane + 2 * oh * W;
-    for (int64_t ow = 0; ow < vec_end; ow += kLanes) {
-      f16v a[4];  // the window's pixels in order: (0, 0), (0, 1), (1, 0), (1, 1)
-      for (int r = 0; r < 2; ++r) {
+    const int64_t h0 = 2 * oh - ph;
+    if (h0 < 0 || h0 + K > H || n_vec == 0) {
+      max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1);
+      continue;
+    }
+    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
+    for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) {
+      const int64_t base = h0 * W + 2 * ow - pw;
+      f16v best;
+      i16v arg;
+      for (int a = 0; a < K; ++a) {
+        f16v col[3];  // the window row's pixels b = 0, 1 (, 2) of each of the 16 windows
         f16v lo, hi;
-        std::memcpy(&lo, r0 + r * W + 2 * ow, sizeof lo);
-        std::memcpy(&hi, r0 + r * W + 2 * ow + kLanes, sizeof hi);
-        a[2 * r] = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        a[2 * r + 1] = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-      }
-      const int32_t offset[4] = {0, 1, static_cast<int32_t>(W), static_cast<int32_t>(W) + 1};
-      f16v best = a[0];
-      i16v arg = i16v{} + offset[0];
-      for (int i = 1; i < 4; ++i) {  // as fold_max: the first maximum; a NaN, once seen, wins
-        const i16v take = (a[i] > best) | ((a[i] != a[i]) & (best == best));
-        best = take ? a[i] : best;
-        arg = take ? i16v{} + offset[i] : arg;
+        std::memcpy(&lo, plane + base + a * W, sizeof lo);
+        std::memcpy(&hi, plane + base + a * W + kLanes, sizeof hi);
+        col[0] = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        col[1] = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        if constexpr (K == 3) {
+          std::memcpy(&lo, plane + base + a * W + 2, sizeof lo);
+          std::memcpy(&hi, plane + base + a * W + 2 + kLanes, sizeof hi);
+          col[2] = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        }
+        for (int b = 0; b < K; ++b) {
+          const i16v offset = i16v{} + static_cast<int32_t>(a * W + b);
+          if (a == 0 && b == 0) {
+            best = col[0], arg = offset;
+            continue;
+          }
+          const i16v take = (col[b] > best) | ((col[b] != col[b]) & (best == best));
+          best = take ? col[b] : best;
+          arg = take ? offset : arg;
+        }
       }
       std::memcpy(out + oh * OW + ow, &best, sizeof best);
-      const int64_t base = 2 * oh * W + 2 * ow;
       for (int64_t l = 0; l < kLanes; ++l) idx[oh * OW + ow + l] = base + 2 * l + arg[l];
     }
+    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_end, OW);
   }
-  if (vec_end < OW)  // the columns past the last whole vector
-    max_pool_plane<float, 2, 2, 2>(plane, out, idx, OH, OW, H, W, 2, 2, 2, 2, 0, 0, vec_end);
 }
 
 template <class T>
@@ -230,15 +254,16 @@ void max_pool_plain(const PoolGeom& g, const T* in, T* out, int64_t* idx) {
     const bool stride2 = g.stride[1] == 2 && g.stride[2] == 2;
     if (g.ker[1] == 2 && g.ker[2] == 2) plane_fn = stride2 ? max_pool_plane<T, 2, 2, 2> : max_pool_plane<T, 2, 2, 0>;
     if (g.ker[1] == 3 && g.ker[2] == 3) plane_fn = stride2 ? max_pool_plane<T, 3, 3, 2> : max_pool_plane<T, 3, 3, 0>;
-    const bool unpadded = g.pad[1] == 0 && g.pad[2] == 0;
     for (int64_t pl = p0; pl < p1; ++pl) {
       if constexpr (std::is_same_v<T, float>)
-        if (g.ker[1] == 2 && g.ker[2] == 2 && stride2 && unpadded) {
-          max_pool_2x2_plane(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[1], g.in[2]);
+        if (stride2 && g.ker[1] == g.ker[2] && (g.ker[1] == 2 || g.ker[1] == 3)) {
+          (g.ker[1] == 2 ? max_pool_s2_plane<2> : max_pool_s2_plane<3>)(in + pl * I, out + pl * P, idx + pl * P,
+                                                                        g.out[1], g.out[2], g.in[1], g.in[2], g.pad[1],
+                                                                        g.pad[2]);
           continue;
         }
       plane_fn(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[1], g.in[2], g.ker[1], g.ker[2],
-               g.stride[1], g.stride[2], g.pad[1], g.pad[2], 0);
+               g.stride[1], g.stride[2], g.pad[1], g.pad[2], 0, -1, 0, -1);
     }
   });
 }
