@@ -1,0 +1,3 @@
+"""ONNX import handlers: the math ops."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""ONNX import handlers: the nn ops."""
+
+from __future__ import annotations

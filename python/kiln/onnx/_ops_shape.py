@@ -1,0 +1,3 @@
+"""ONNX import handlers: the shape ops."""
+
+from __future__ import annotations
