@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "ops/common.h"
 
 namespace kiln::cuda {
 namespace {
@@ -101,17 +102,6 @@ __global__ void take_bwd(int64_t n, const T* __restrict__ gy, const Idx* __restr
     const int64_t k = wrap_index(idx[j], dim);
     if (k >= 0) atomic_add(gx + (o * dim + k) * inner + i, gy[e]);
   }
-}
-
-struct AxisSplit {
-  int64_t outer = 1, dim = 1, inner = 1;
-};
-AxisSplit split_at(const Shape& s, int axis) {
-  AxisSplit a;
-  for (int i = 0; i < axis; ++i) a.outer *= s[i];
-  a.dim = s[axis];
-  for (int i = axis + 1; i < s.rank(); ++i) a.inner *= s[i];
-  return a;
 }
 
 template <class T, class Idx>

@@ -4,14 +4,7 @@
 // recomputed (dropout's backward regenerates its forward mask instead of storing it).
 #include <cstdint>
 
-// Shared with the CUDA kernels (cuda/random.cu), so that both backends draw the same numbers.
-#ifndef KILN_HD
-#ifdef __CUDACC__
-#define KILN_HD __host__ __device__
-#else
-#define KILN_HD
-#endif
-#endif
+#include "ops/host_device.h"  // shared with the CUDA kernels
 
 namespace kiln::cpu {
 

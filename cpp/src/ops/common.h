@@ -38,6 +38,18 @@ inline std::vector<TensorSpec> forward_specs(const char* op, const std::vector<T
   return OpRegistry::get().find(op)->infer(in, a);
 }
 
+// A shape as (outer, dim, inner) around one axis: what gathers and scatters along an axis index.
+struct AxisSplit {
+  int64_t outer = 1, dim = 1, inner = 1;
+};
+inline AxisSplit split_at(const Shape& s, int axis) {
+  AxisSplit a;
+  for (int i = 0; i < axis; ++i) a.outer *= s[i];
+  a.dim = s[axis];
+  for (int i = axis + 1; i < s.rank(); ++i) a.inner *= s[i];
+  return a;
+}
+
 // Kernel of the view ops (reshape, squeeze, ...): the output shares input 0's storage.
 inline void alias_kernel(const KernelContext& c) { c.output(0) = c.input(0).view(c.output(0).shape()); }
 

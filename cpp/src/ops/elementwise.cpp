@@ -14,35 +14,20 @@ using namespace math;
 
 namespace {
 
-enum class Types { floats, numeric, boolean };
-
+struct CpuMap {
+  template <class TI, class TO, class F>
+  static void unary(const Tensor& x, Tensor& y, F f) {
+    map_unary<TI, TO>(x, y, f);
+  }
+  template <class TI, class TO, class F>
+  static void binary(const Tensor& a, const Tensor& b, Tensor& z, F f) {
+    map_binary<TI, TO>(a, b, z, f);
+  }
+};
 template <class F, Types types>
-void unary_kernel(const KernelContext& c) {
-  const Tensor& x = c.input(0);
-  Tensor& y = c.output(0);
-  if constexpr (types == Types::floats) {
-    KILN_DISPATCH_FLOAT(x.dtype(), "unary", map_unary<scalar_t, scalar_t>(x, y, F{}));
-  } else if constexpr (types == Types::numeric) {
-    KILN_DISPATCH_NUMERIC(x.dtype(), "unary", map_unary<scalar_t, scalar_t>(x, y, F{}));
-  } else {
-    map_unary<bool, bool>(x, y, F{});
-  }
-}
-
+constexpr KernelFn unary_kernel = unary_dispatch<CpuMap, F, types>;
 template <class F, Types types, bool to_bool>
-void binary_kernel(const KernelContext& c) {
-  const Tensor &a = c.input(0), &b = c.input(1);
-  Tensor& z = c.output(0);
-  if constexpr (types == Types::boolean) {
-    map_binary<bool, bool>(a, b, z, F{});
-  } else if constexpr (to_bool) {
-    KILN_DISPATCH_ALL(a.dtype(), "compare", map_binary<scalar_t, bool>(a, b, z, F{}));
-  } else if constexpr (types == Types::floats) {
-    KILN_DISPATCH_FLOAT(a.dtype(), "binary", map_binary<scalar_t, scalar_t>(a, b, z, F{}));
-  } else {
-    KILN_DISPATCH_NUMERIC(a.dtype(), "binary", map_binary<scalar_t, scalar_t>(a, b, z, F{}));
-  }
-}
+constexpr KernelFn binary_kernel = binary_dispatch<CpuMap, F, types, to_bool>;
 
 // ---- inference ----
 

@@ -26,17 +26,6 @@ void check_index_dtype(const TensorSpec& idx, const char* op) {
     throw Error(std::string(op) + ": indices must be int32 or int64, got " + dtype_name(idx.dtype));
 }
 
-struct AxisSplit {
-  int64_t outer = 1, dim = 1, inner = 1;
-};
-AxisSplit split_at(const Shape& s, int axis) {
-  AxisSplit a;
-  for (int i = 0; i < axis; ++i) a.outer *= s[i];
-  a.dim = s[axis];
-  for (int i = axis + 1; i < s.rank(); ++i) a.inner *= s[i];
-  return a;
-}
-
 // take: out[o, j, i] = x[o, idx[j], i]; take_grad scatters back with +=.
 template <bool scatter>
 void take_kernel(const KernelContext& c) {

@@ -5,15 +5,8 @@
 #include <cmath>
 #include <type_traits>
 
-#include "kiln/graph.h"
-
-#ifndef KILN_HD
-#ifdef __CUDACC__
-#define KILN_HD __host__ __device__
-#else
-#define KILN_HD
-#endif
-#endif
+#include "kiln/op.h"
+#include "ops/host_device.h"
 
 namespace kiln::math {
 
@@ -264,5 +257,37 @@ struct Gelu {
     return T(0.5) * (T(1) + std::erf(x * T(0.7071067811865476))) + x * pdf;
   }
 };
+
+// Which dtypes each kind of elementwise op takes, in one place for both backends: Map supplies
+// unary(x, y, f) and binary(a, b, z, f) over tensors (cpu::map_* or the CUDA launches).
+enum class Types { floats, numeric, boolean };
+
+template <class Map, class F, Types types>
+void unary_dispatch(const KernelContext& c) {
+  const Tensor& x = c.input(0);
+  Tensor& y = c.output(0);
+  if constexpr (types == Types::floats) {
+    KILN_DISPATCH_FLOAT(x.dtype(), "unary", (Map::template unary<scalar_t, scalar_t>(x, y, F{})));
+  } else if constexpr (types == Types::numeric) {
+    KILN_DISPATCH_NUMERIC(x.dtype(), "unary", (Map::template unary<scalar_t, scalar_t>(x, y, F{})));
+  } else {
+    Map::template unary<bool, bool>(x, y, F{});
+  }
+}
+
+template <class Map, class F, Types types, bool to_bool>
+void binary_dispatch(const KernelContext& c) {
+  const Tensor &a = c.input(0), &b = c.input(1);
+  Tensor& z = c.output(0);
+  if constexpr (types == Types::boolean) {
+    Map::template binary<bool, bool>(a, b, z, F{});
+  } else if constexpr (to_bool) {
+    KILN_DISPATCH_ALL(a.dtype(), "compare", (Map::template binary<scalar_t, bool>(a, b, z, F{})));
+  } else if constexpr (types == Types::floats) {
+    KILN_DISPATCH_FLOAT(a.dtype(), "binary", (Map::template binary<scalar_t, scalar_t>(a, b, z, F{})));
+  } else {
+    KILN_DISPATCH_NUMERIC(a.dtype(), "binary", (Map::template binary<scalar_t, scalar_t>(a, b, z, F{})));
+  }
+}
 
 }  // namespace kiln::math
