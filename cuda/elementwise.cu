@@ -153,6 +153,7 @@ void register_elementwise_kernels(OpRegistry& r) {
   r.set_cuda_kernel("floor", unary_kernel<Floor, Types::floats>);
   r.set_cuda_kernel("cos", unary_kernel<Cos, Types::floats>);
   r.set_cuda_kernel("sin", unary_kernel<Sin, Types::floats>);
+  r.set_cuda_kernel("erf", unary_kernel<Erf, Types::floats>);
   r.set_cuda_kernel("logical_not", unary_kernel<LogicalNot, Types::boolean>);
   r.set_cuda_kernel("add", binary_kernel<Add, Types::numeric, false>);
   r.set_cuda_kernel("sub", binary_kernel<Sub, Types::numeric, false>);

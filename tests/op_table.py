@@ -7,6 +7,7 @@ reference that takes the same arrays. ``tests/test_ops.py`` drives the tests ove
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -355,6 +356,10 @@ def np_rsqrt(x):
     return 1.0 / np.sqrt(x)
 
 
+def np_erf(x):
+    return np.vectorize(math.erf, otypes=[x.dtype])(x)
+
+
 def np_relu(x):
     return np.maximum(x, np.zeros((), x.dtype))
 
@@ -369,6 +374,7 @@ op("sign", kn.sign, np.sign, _unary_cases("away") + [C(F((3, 4), "ties"), grad=F
 op("square", kn.square, np.square, _unary_cases())
 op("sigmoid", kn.sigmoid, np_sigmoid, _unary_cases() + [C(F((3, 4), "wide"), grad=False)])
 op("tanh", kn.tanh, np.tanh, _unary_cases() + [C(F((3, 4), "wide"), grad=False)])
+op("erf", kn.erf, np_erf, _unary_cases() + [C(F((3, 4), "wide"), grad=False)])
 op("relu", kn.relu, np_relu, _unary_cases("away") + [C(F((3, 4), "ties"), grad=False)])
 op("neg_int", kn.neg, np.negative, [C(I((3, 4), low=-5, dtype="int32"))], grad=False, covers=("neg",))
 op("abs_int", kn.abs, np.abs, [C(I((3, 4), low=-5))], grad=False, covers=("abs",))

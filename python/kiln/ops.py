@@ -104,6 +104,14 @@ sin = _make_unary("sin", "Sine.")
 
 
 @builds
+def erf(x: TensorLike) -> Tensor:
+    """The error function, 2 / sqrt(pi) * integral of exp(-t**2) from 0 to x (integers become
+    float32). Elementwise; the output has x's shape."""
+    x = _t(x)
+    return _unary("erf", x if x.dtype.kind == "f" else cast(x, "float32"))
+
+
+@builds
 def clip(x: TensorLike, min: float | None = None, max: float | None = None) -> Tensor:
     """x limited to [min, max] (either bound may be None). Gradient 1 inside, 0 outside."""
     x = _t(x)
@@ -518,7 +526,7 @@ builtins_sum = _builtins.sum
 __all__ = [
     "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
     "logical_and", "logical_or", "logical_xor", "logical_not", "neg", "exp", "log", "sqrt", "rsqrt", "abs",
-    "sign", "square", "sigmoid", "tanh", "relu", "floor", "cos", "sin", "clip", "where", "cast", "stop_gradient",
+    "sign", "square", "sigmoid", "tanh", "relu", "floor", "cos", "sin", "erf", "clip", "where", "cast", "stop_gradient",
     "sum", "mean", "prod", "max", "min", "amax", "amin", "var", "std", "logsumexp", "argmax", "argmin",
     "softmax", "log_softmax", "matmul", "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze",
     "expand_dims", "broadcast_to", "zeros_like", "ones_like", "concat", "cat", "concatenate", "stack", "split",

@@ -44,7 +44,9 @@ nb::dlpack::dtype to_dlpack(DType t) {
 }  // namespace
 
 Tensor to_tensor(nb::handle obj) {
-  Array a;
+  // Read-only arrays too (onnx's numpy_helper makes them): kiln never writes into what it is
+  // given, as inputs and constants are only read and variables are copies.
+  nb::ndarray<nb::ro, nb::numpy, nb::device::cpu> a;
   if (!nb::try_cast(obj, a, false))
     throw Error("expected a numpy array, got " + std::string(nb::str(obj.type()).c_str()));
   DType dt = from_dlpack(a.dtype());
@@ -58,7 +60,7 @@ Tensor to_tensor(nb::handle obj) {
     nb::gil_scoped_acquire gil;
     Py_DECREF(static_cast<PyObject*>(p));
   });
-  return Tensor::from_blob(a.data(), shape, dt, std::move(owner), &strides);
+  return Tensor::from_blob(const_cast<void*>(a.data()), shape, dt, std::move(owner), &strides);
 }
 
 nb::object to_numpy(const Tensor& t) {

@@ -165,6 +165,11 @@ void register_elementwise_ops(OpRegistry& r) {
             [=](C c) { return std::vector<Value>{neg(mul(g0(c), unary("sin", x0(c))))}; });
   add_unary(r, "sin", unary_kernel<Sin, Types::floats>,
             [=](C c) { return std::vector<Value>{mul(g0(c), unary("cos", x0(c)))}; });
+  add_unary(r, "erf", unary_kernel<Erf, Types::floats>, [=](C c) {  // d erf(x) = 2 / sqrt(pi) exp(-x^2)
+    Value x = x0(c);
+    return std::vector<Value>{
+        mul(g0(c), mul(constant_like(1.1283791670955126, x), unary("exp", neg(unary("square", x)))))};
+  });
   add_unary(r, "logical_not", unary_kernel<LogicalNot, Types::boolean>, nullptr);
 
   add_binary(

@@ -94,6 +94,12 @@ struct Sin {
     return std::sin(x);
   }
 };
+struct Erf {
+  template <class T>
+  KILN_HD T operator()(T x) const {
+    return std::erf(x);
+  }
+};
 struct LogicalNot {
   KILN_HD bool operator()(bool x) const { return !x; }
 };

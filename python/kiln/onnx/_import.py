@@ -41,7 +41,9 @@ class Ctx:
         """The value of input i, which kiln needs at import time (a shape, axes, pads...)."""
         v = self.value(node, i)
         if v is None:
-            raise Unsupported(f"{what} (input {i}) must be known when the model is imported: a constant or an initializer")
+            raise Unsupported(
+                f"{what} (input {i}) must be known when the model is imported: a constant or an initializer"
+            )
         return v
 
 
@@ -153,7 +155,8 @@ def build(
                 env[name] = o
         if problems:
             raise Unsupported(
-                f"kn.onnx: {len(problems)} part(s) of the model kiln cannot import:\n  " + "\n  ".join(problems)
+                f"kn.onnx: {len(problems)} part(s) of the model kiln cannot import:\n  "
+                + "\n  ".join(problems)
             )
         outputs = {vi.name: env[vi.name] for vi in model.graph.output}
     return Imported(g, inputs, outputs, params)

@@ -9,6 +9,8 @@ A handler that meets a case kiln cannot express raises ``Unsupported`` with the 
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +28,41 @@ class Unsupported(Error):
     """A node kiln cannot import: the op, an attribute value or a dtype it does not have."""
 
 
-def op(*names: str) -> Callable[[Handler], Handler]:
-    """Registers a handler for one or more ONNX op types (default domain)."""
+_FOLD_MAX = 1 << 16  # larger results stay graph ops: folding them would only copy constants
+
+
+def folding(fn: Handler) -> Handler:
+    """Evaluates the node now when every input is a constant (never a fed input or a trainable
+    parameter), so its outputs become known values: shape arithmetic (Shape -> Gather -> Concat ->
+    Reshape) folds into constants that the ops taking shapes, axes or pads can read."""
+    from .._graph import Tensor
+    from ..function import eval as evaluate
+
+    @functools.wraps(fn)
+    def handler(ctx: Any, node: onnx.NodeProto, inputs: list) -> list:
+        outs = fn(ctx, node, inputs)
+        given = [t for t in inputs if t is not None]
+        if not given or not all(isinstance(t, Tensor) and t.op == "constant" for t in given):
+            return outs
+        built = [o for o in outs if isinstance(o, Tensor)]
+        if not built or any(None in o.shape or math.prod(o.shape) > _FOLD_MAX for o in built):
+            return outs
+        values = iter(evaluate(built))
+        return [next(values) if isinstance(o, Tensor) else o for o in outs]
+
+    return handler
+
+
+def op(*names: str, fold: bool = False) -> Callable[[Handler], Handler]:
+    """Registers a handler for one or more ONNX op types (default domain); with ``fold``, a node
+    of constant inputs is computed at import time."""
 
     def register(fn: Handler) -> Handler:
+        handler = folding(fn) if fold else fn
         for n in names:
-            HANDLERS[n] = fn
+            if n in HANDLERS:
+                raise RuntimeError(f"kn.onnx: two handlers for {n}")
+            HANDLERS[n] = handler
         return fn
 
     return register
@@ -66,5 +97,7 @@ ONNX_TO_NUMPY = {
 def numpy_dtype(elem_type: int, what: str) -> np.dtype:
     if elem_type not in ONNX_TO_NUMPY:
         name = onnx.TensorProto.DataType.Name(elem_type)
-        raise Unsupported(f"{what}: element type {name} (kiln has float32, float64, int32, int64, uint8, bool)")
+        raise Unsupported(
+            f"{what}: element type {name} (kiln has float32, float64, int32, int64, uint8, bool)"
+        )
     return np.dtype(ONNX_TO_NUMPY[elem_type])
