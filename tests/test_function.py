@@ -349,3 +349,22 @@ def test_a_failed_call_releases_its_inputs():
     del xv
     gc.collect()
     assert ref() is None
+
+
+def test_a_transposed_matmul_operand_is_read_in_place():
+    """x @ w.T and batched transposed operands compile to one matmul with its transpose flags: no
+    permute runs (it would copy the weight on every call), and the values are numpy's."""
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((4, 5)), rng.standard_normal((3, 5))
+    bv, cv = rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 3, 6))
+    x, b, c = (
+        kn.input("x", (None, 5), "float64"),
+        kn.input("b", bv.shape, "float64"),
+        kn.input("c", cv.shape, "float64"),
+    )
+    w = kn.Parameter(wv, name="w", dtype="float64")
+    f = kn.function([x, b, c], [x @ w.T, kn.transpose(b) @ kn.transpose(c)], training=False)
+    assert "permute" not in str(f)
+    got_y, got_z = f(xv, bv, cv)
+    np.testing.assert_allclose(got_y, xv @ wv.T, rtol=1e-12)
+    np.testing.assert_allclose(got_z, np.swapaxes(bv, 1, 2) @ np.swapaxes(cv, 1, 2), rtol=1e-12)

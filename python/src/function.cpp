@@ -9,9 +9,82 @@
 
 #include "convert.h"
 #include "kiln/io.h"
+#include "kiln/op.h"
+// The optimised program's structure (for kn.onnx.export); internal to libkiln, hence the path.
+#include "runtime/program.h"  // the compiled program, for kn.onnx.export
 
 namespace nb = nanobind;
 using namespace kiln;
+
+namespace {
+
+nb::tuple spec_tuple(const TensorSpec& s) {
+  nb::list dims;
+  for (int64_t d : s.shape)
+    if (d < 0)
+      dims.append(nb::none());
+    else
+      dims.append(nb::int_(d));
+  return nb::make_tuple(std::string(dtype_name(s.dtype)), nb::tuple(dims));
+}
+
+nb::object attr_object(const AttrValue& v) {
+  if (const auto* i = std::get_if<int64_t>(&v)) return nb::int_(*i);
+  if (const auto* f = std::get_if<double>(&v)) return nb::float_(*f);
+  if (const auto* s = std::get_if<std::string>(&v)) return nb::str(s->c_str(), s->size());
+  nb::list l;
+  for (int64_t x : std::get<std::vector<int64_t>>(v)) l.append(nb::int_(x));
+  return l;
+}
+
+nb::tuple edge_tuple(const Edge& e) { return nb::make_tuple(e.node, e.index); }
+
+nb::object host_copy(const Tensor& t) {
+  return py::to_numpy(t.device() == Device::cpu ? t.clone() : t.to(Device::cpu));
+}
+
+// The optimised program as Python data: {"nodes": [{op, attrs, inputs: [(node, index)], outputs:
+// [(dtype, shape)], name, site, value}], "inputs": [node ids], "outputs": [(node, index)],
+// "updates": [(variable, (node, index))], "training": bool}. `value`: a constant's array, a
+// variable's current value (a copy), else None.
+nb::dict program_dict(const Function& f) {
+  const Program& p = f.program();
+  nb::list nodes;
+  for (const ProgramNode& n : p.nodes) {
+    nb::dict d;
+    d["op"] = n.op->name;
+    nb::dict attrs;
+    for (const auto& [k, v] : n.attrs.items()) attrs[k.c_str()] = attr_object(v);
+    d["attrs"] = attrs;
+    nb::list inputs, outputs;
+    for (const Edge& e : n.inputs) inputs.append(edge_tuple(e));
+    for (const TensorSpec& s : n.outputs) outputs.append(spec_tuple(s));
+    d["inputs"] = inputs;
+    d["outputs"] = outputs;
+    d["name"] = n.name;
+    d["site"] = n.site;
+    if (n.op->name == "constant" && n.value.defined())
+      d["value"] = host_copy(n.value);
+    else if (n.op->name == "variable" && p.variables->has(n.attrs.s("name")))
+      d["value"] = host_copy(p.variables->get(n.attrs.s("name")));
+    else
+      d["value"] = nb::none();
+    nodes.append(d);
+  }
+  nb::dict out;
+  out["nodes"] = nodes;
+  nb::list ins, outs, updates;
+  for (int32_t id : p.inputs) ins.append(id);
+  for (const Edge& e : p.outputs) outs.append(edge_tuple(e));
+  for (const auto& [name, e] : p.updates) updates.append(nb::make_tuple(name, edge_tuple(e)));
+  out["inputs"] = ins;
+  out["outputs"] = outs;
+  out["updates"] = updates;
+  out["training"] = p.training;
+  return out;
+}
+
+}  // namespace
 
 void bind_function(nb::module_& m) {
   nb::class_<Function>(m, "Function")
@@ -44,17 +117,18 @@ void bind_function(nb::module_& m) {
       .def_prop_ro("input_specs",
                    [](const Function& f) {
                      nb::list l;
-                     for (const TensorSpec& s : f.input_specs()) {
-                       nb::list dims;
-                       for (int64_t d : s.shape)
-                         if (d < 0)
-                           dims.append(nb::none());
-                         else
-                           dims.append(nb::int_(d));
-                       l.append(nb::make_tuple(std::string(dtype_name(s.dtype)), nb::tuple(dims)));
-                     }
+                     for (const TensorSpec& s : f.input_specs()) l.append(spec_tuple(s));
                      return l;
                    })
+      .def_prop_ro("output_specs",
+                   [](const Function& f) {
+                     nb::list l;
+                     for (const TensorSpec& s : f.output_specs()) l.append(spec_tuple(s));
+                     return l;
+                   })
+      .def("program", &program_dict,
+           "The optimised program, node by node (op, typed attrs, input edges, output specs, name, "
+           "constant and variable values): what kn.onnx.export translates.")
       .def_prop_ro("num_nodes", &Function::num_nodes)
       .def_prop_ro("num_plans", &Function::num_plans)
       .def("plan_stats",

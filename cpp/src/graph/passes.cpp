@@ -133,6 +133,33 @@ void fuse_conv_relu(Program& p) {
     if (redirect[u.second.node].valid()) u.second = redirect[u.second.node];
 }
 
+// matmul(permute(a) swapping the last two axes, b) -> matmul(a, b) with transpose_a flipped (and
+// so for b): the transposed operand is read in place by the GEMM instead of copied every call
+// (`x @ w.T`, and imported ONNX Gemms with transB). The permute stays for its other readers.
+void fold_transposes_into_matmul(Program& p) {
+  auto swaps_last_two = [&](const ProgramNode& n) {
+    if (!is_op(n, "permute")) return false;
+    const auto& dims = n.attrs.ints("dims");
+    const int r = static_cast<int>(dims.size());
+    if (r < 2) return false;
+    for (int i = 0; i < r; ++i) {
+      const int64_t want = i < r - 2 ? i : (i == r - 2 ? r - 1 : r - 2);
+      if ((dims[i] + r) % r != want) return false;
+    }
+    return true;
+  };
+  for (ProgramNode& n : p.nodes) {
+    if (!is_op(n, "matmul")) continue;
+    for (int k = 0; k < 2; ++k) {
+      const ProgramNode& src = p.nodes[n.inputs[k].node];
+      if (!swaps_last_two(src)) continue;
+      const char* flag = k == 0 ? "transpose_a" : "transpose_b";
+      n.attrs.set(flag, int64_t{n.attrs.i(flag, 0) ? 0 : 1});
+      n.inputs[k] = src.inputs[0];
+    }
+  }
+}
+
 // A training function writes back the state its ops declare (batch norm's running statistics):
 // the user never has to collect these updates.
 void add_state_updates(Program& p) {
@@ -231,6 +258,7 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
   fold_constants(*p);
   merge_common(*p);
   fuse_conv_relu(*p);
+  fold_transposes_into_matmul(*p);
   eliminate_dead(*p);
   return p;
 }

@@ -11,6 +11,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("kn.onnx needs the onnx package: pip install kiln[onnx] (or pip install onnx)") from e
 
 from ._import import Imported, load
-from ._export import export
+from ._export import export, to_model
 
-__all__ = ["Imported", "load", "export"]
+__all__ = ["Imported", "load", "export", "to_model"]
