@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-onnx = pytest.importorskip("onnx", reason="the onnx package is not installed (pip install kiln[onnx])")
+pytest.importorskip("onnx", reason="the onnx package is not installed (pip install kiln[onnx])")
 
+import onnx  # noqa: E402
 import onnx.backend.test  # noqa: E402
 from onnx.backend.test.loader import load_model_tests  # noqa: E402
 
