@@ -640,3 +640,57 @@ def test_an_imported_model_fine_tunes_saves_and_runs_in_kiln_run(tmp_path):
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert max_diff(want["logits"], np.load(tmp_path / "logits.npy")) <= 1e-6
+
+
+def test_flatten_by_the_dynamic_batch_as_pytorch_exports_it():
+    """x.view(x.size(0), -1) exports as Shape -> Gather -> Unsqueeze -> Concat([., -1]) -> Reshape: with
+    a dynamic batch the batch size is unknown at import, and the Reshape still resolves."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    inits = [
+        helper.make_tensor("zero", TensorProto.INT64, [], [0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "flatten",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 24])],
+        inits,
+    )
+    m = kn.onnx.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for n in (1, 5):
+        xv = np.arange(n * 24, dtype=np.float32).reshape(n, 2, 3, 4)
+        np.testing.assert_array_equal(m(xv)["y"], xv.reshape(n, 24))
+
+
+def test_a_model_exported_by_pytorch_imports_and_agrees(tmp_path):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x):
+            y = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+            return torch.log_softmax(self.fc(y.view(y.size(0), -1)), dim=1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(2, 3, 16, 16),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)  # fmt: skip
+    m = kn.onnx.load(path)
+    for n in (1, 6):
+        x = torch.randn(n, 3, 16, 16)
+        np.testing.assert_allclose(m(x.numpy())["y"], net(x).detach().numpy(), rtol=1e-5, atol=1e-5)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # _import imports this module to fill the handler table
     from ._import import Ctx
 
 
+# The value Shape gives a dynamic dimension: never a real size (sizes are >= 0, and -1 means "infer")
+DYNAMIC = -(2**62)
+
+
 def shape_op(*names: str) -> Callable[[Handler], Handler]:
     return op(*names, fold=True)
 
@@ -36,8 +40,11 @@ def _axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
-def _ints(v: np.ndarray | Sequence[int]) -> list[int]:
-    return [int(i) for i in np.asarray(v).reshape(-1)]
+def _ints(v: np.ndarray | Sequence[int], dynamic_ok: bool = False) -> list[int]:
+    out = [int(i) for i in np.asarray(v).reshape(-1)]
+    if not dynamic_ok and DYNAMIC in out:
+        raise Unsupported("a dynamic size (the Shape of a tensor with a None dimension) used where kiln needs a number")
+    return out
 
 
 def _static(x: Tensor, dims: Sequence[int], what: str) -> list[int]:
@@ -52,13 +59,15 @@ def _optional(ctx: Ctx, node: onnx.NodeProto, i: int, name: str) -> np.ndarray |
     return ctx.require(node, i, name) if i < len(node.input) and node.input[i] else None
 
 
-def _input_or_attr(ctx: Ctx, node: onnx.NodeProto, i: int, name: str, since: int) -> list[int] | None:
+def _input_or_attr(
+    ctx: Ctx, node: onnx.NodeProto, i: int, name: str, since: int, dynamic_ok: bool = False
+) -> list[int] | None:
     """An int list given as attribute ``name`` before opset ``since`` and as input i from it on."""
     if ctx.opset < since:
         v = attrs(node).get(name)
         return None if v is None else list(v)
     v = _optional(ctx, node, i, name)
-    return None if v is None else _ints(v)
+    return None if v is None else _ints(v, dynamic_ok)
 
 
 # ---- views: Reshape, Flatten, Transpose, Squeeze, Unsqueeze ----
@@ -67,11 +76,19 @@ def _input_or_attr(ctx: Ctx, node: onnx.NodeProto, i: int, name: str, since: int
 @shape_op("Reshape")
 def reshape(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     x = inputs[0]
-    shape = _input_or_attr(ctx, node, 1, "shape", 5)
+    shape = _input_or_attr(ctx, node, 1, "shape", 5, dynamic_ok=True)
     if shape is None:
         raise Unsupported("Reshape without a shape")
+    shape = [None if s == DYNAMIC else s for s in shape]  # a size read from a dynamic dim (Shape)
     if not attrs(node).get("allowzero", 0):  # 0 copies the input's size there
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    if None in shape and -1 in shape and shape.count(None) == 1 and list(x.shape).count(None) == 1:
+        # x.view(x.size(0), -1), as PyTorch exports it: the dynamic size is x's (the batch), so
+        # the -1 is what x's static sizes leave once the target's are taken out
+        known = math.prod(d for d in x.shape if d is not None)
+        taken = math.prod(d for d in shape if d not in (None, -1))
+        if taken and known % taken == 0:
+            shape = [known // taken if s == -1 else s for s in shape]
     if None in shape:  # a copied dynamic size: kiln infers one -1
         if -1 in shape or shape.count(None) > 1:
             raise Unsupported(f"Reshape of shape {x.shape} to {shape}: more than one dynamic size")
@@ -191,9 +208,9 @@ def shape(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     x = inputs[0]
     a = attrs(node)
     dims = x.shape[a.get("start", 0) : a.get("end", x.ndim)]  # ONNX clamps start/end as a Python slice
-    if None in dims:
-        raise Unsupported(f"Shape of a tensor of dynamic shape {x.shape}")
-    return [np.array(dims, dtype=np.int64)]
+    # A dynamic size (the batch) is DYNAMIC: Gather, Slice, Concat and Unsqueeze move it along as
+    # data, and Reshape reads it back as "this tensor's own size"
+    return [np.array([DYNAMIC if d is None else d for d in dims], dtype=np.int64)]
 
 
 @shape_op("Size")
