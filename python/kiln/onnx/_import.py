@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from .._graph import Graph, Parameter, Tensor, constant, input
 from ..function import Function, function
 from . import _ops_math, _ops_nn, _ops_shape  # noqa: F401  (they fill the handler table)
-from ._registry import HANDLERS, Unsupported, numpy_dtype
+from ._registry import DYNAMIC, HANDLERS, TAKES_DYNAMIC, Unsupported, numpy_dtype
 
 
 class Ctx:
@@ -30,6 +30,9 @@ class Ctx:
     def __init__(self, known: dict[str, np.ndarray], opset: int) -> None:
         self.known = known
         self.opset = opset
+        # Shape outputs that hold a dynamic size, and the tensor whose whole shape they are: ops
+        # sized by them (ConstantOfShape, Expand) become ops shaped like that tensor
+        self.shape_of: dict[str, Tensor] = {}
 
     def value(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
         """The value of input i when known at import time, else None (also for an omitted input)."""
@@ -137,6 +140,13 @@ def build(
             if handler is None:
                 domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
                 problems.append(f"{where}: op {node.op_type}{domain} is not supported")
+                continue
+            reads_dynamic = any(n in known and np.any(known[n] == DYNAMIC) for n in node.input if n)
+            if reads_dynamic and node.op_type not in TAKES_DYNAMIC:
+                problems.append(
+                    f"{where}: computes with the size of a dynamic dimension (the Shape of a tensor whose "
+                    "batch is not fixed); load with batch_dynamic=False to fix the batch"
+                )
                 continue
             args = [env.get(n) if n else None for n in node.input]
             if any(n and n not in env for n in node.input):

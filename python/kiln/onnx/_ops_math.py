@@ -83,6 +83,19 @@ def _div(a: Tensor, b: Tensor) -> Tensor:
 _math_op("Div")(_binary(_div))
 
 
+@_math_op("Mod")
+def _mod(ctx: Ctx, node: onnx.NodeProto, inputs: Inputs) -> Outputs:
+    """fmod=0: the remainder takes the divisor's sign (Python's %); fmod=1: the dividend's (C's fmod)."""
+    a, b = inputs
+    if attrs(node).get("fmod", 0):
+        q = kn.div(a, b) if a.dtype.kind == "f" else _div(a, b)
+        if a.dtype.kind == "f":  # truncate toward zero
+            q = kn.sign(q) * kn.floor(kn.abs(q))
+        return [a - q * b]
+    q = kn.floor(kn.div(a, b)) if a.dtype.kind == "f" else _floor_div(a, kn.cast(b, a.dtype))
+    return [a - q * b]
+
+
 @_math_op("Pow")
 def _pow(ctx: Ctx, node: onnx.NodeProto, inputs: Inputs) -> Outputs:
     x, y = inputs
@@ -345,6 +358,7 @@ _math_op("ReduceSum")(_reduction(kn.sum))
 _math_op("ReduceMean")(_reduction(kn.mean))
 _math_op("ReduceMax")(_reduction(kn.max, empty="max"))
 _math_op("ReduceMin")(_reduction(kn.min, empty="min"))
+_math_op("ReduceProd")(_reduction(kn.prod))
 
 
 def _arg_reduction(fn: Callable[..., Tensor]) -> Handler:

@@ -230,6 +230,12 @@ def global_avg_pool(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     return [kn.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)]
 
 
+@op("GlobalMaxPool")
+def global_max_pool(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
+    x = inputs[0]
+    return [kn.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
 # ---- normalizations ----
 
 

@@ -20,14 +20,10 @@ import onnx
 import kiln as kn
 
 from .._graph import Tensor
-from ._registry import Handler, Unsupported, attrs, numpy_dtype, op
+from ._registry import DYNAMIC, Handler, Unsupported, attrs, numpy_dtype, op
 
 if TYPE_CHECKING:  # _import imports this module to fill the handler table
     from ._import import Ctx
-
-
-# The value Shape gives a dynamic dimension: never a real size (sizes are >= 0, and -1 means "infer")
-DYNAMIC = -(2**62)
 
 
 def shape_op(*names: str) -> Callable[[Handler], Handler]:
@@ -43,7 +39,9 @@ def _axis(axis: int, rank: int) -> int:
 def _ints(v: np.ndarray | Sequence[int], dynamic_ok: bool = False) -> list[int]:
     out = [int(i) for i in np.asarray(v).reshape(-1)]
     if not dynamic_ok and DYNAMIC in out:
-        raise Unsupported("a dynamic size (the Shape of a tensor with a None dimension) used where kiln needs a number")
+        raise Unsupported(
+            "a dynamic size (the Shape of a tensor with a None dimension) used where kiln needs a number"
+        )
     return out
 
 
@@ -210,6 +208,8 @@ def shape(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     dims = x.shape[a.get("start", 0) : a.get("end", x.ndim)]  # ONNX clamps start/end as a Python slice
     # A dynamic size (the batch) is DYNAMIC: Gather, Slice, Concat and Unsqueeze move it along as
     # data, and Reshape reads it back as "this tensor's own size"
+    if None in dims and len(dims) == x.ndim:
+        ctx.shape_of[node.output[0]] = x
     return [np.array([DYNAMIC if d is None else d for d in dims], dtype=np.int64)]
 
 
@@ -225,6 +225,9 @@ def size(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
 def constant_of_shape(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     value = attrs(node).get("value", np.zeros(1, np.float32))
     numpy_dtype(onnx.helper.np_dtype_to_tensor_dtype(value.dtype), "ConstantOfShape value")
+    like = ctx.shape_of.get(node.input[0])
+    if like is not None:  # the shape of a tensor with a dynamic size: a tensor shaped like it
+        return [kn.cast(kn.zeros_like(like), value.dtype) + kn.constant(value.reshape(()), dtype=value.dtype)]
     return [np.full(_ints(ctx.require(node, 0, "shape")), value.reshape(-1)[0], dtype=value.dtype)]
 
 
@@ -243,6 +246,9 @@ def range_(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
 @shape_op("Expand")
 def expand(ctx: Ctx, node: onnx.NodeProto, inputs: list) -> list:
     x = inputs[0]
+    like = ctx.shape_of.get(node.input[1])
+    if like is not None:  # to the shape of a tensor with a dynamic size: broadcast against it
+        return [x + kn.cast(kn.zeros_like(like), x.dtype)]
     target = _ints(ctx.require(node, 1, "shape"))
     # bidirectional broadcast: a 1 in the target keeps x's size (-1 tells kiln so for a dynamic one)
     n = max(len(target), x.ndim)

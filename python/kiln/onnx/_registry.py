@@ -23,6 +23,14 @@ from .._graph import Error
 Handler = Callable[..., list]
 HANDLERS: dict[str, Handler] = {}
 
+# The value Shape gives a dynamic dimension (the batch of a model loaded with batch_dynamic): never
+# a real size (sizes are >= 0, and -1 means "infer"). Only the ops that move it along as data, and
+# those that read it back as "that tensor's size", may see it: arithmetic on it would give a number
+# that means nothing, so the import refuses every other op that reads one.
+DYNAMIC = -(2**62)
+TAKES_DYNAMIC = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Identity", "Cast", "Reshape",
+                 "ConstantOfShape", "Expand"}  # fmt: skip
+
 
 class Unsupported(Error):
     """A node kiln cannot import: the op, an attribute value or a dtype it does not have."""
