@@ -1,7 +1,7 @@
 // The C++ library on its own: tensors, the registry, graphs, autodiff and compiled functions.
-#include <algorithm>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "kiln/kiln.h"
@@ -194,4 +194,32 @@ TEST(ThreadPool, AnErrorInAnyChunkReachesTheCallerAndThePoolKeepsWorking) {
     for (int64_t i = b; i < e; ++i) hits[i] += 1;
   });
   for (int64_t h : hits) ASSERT_EQ(h, 1);
+}
+
+TEST(Cuda, AFunctionOnTheGpuNamesTheOpsWithoutAKernelOrWhyThereIsNoGpu) {
+  OpRegistry& r = OpRegistry::get();
+  if (!r.find("test_cpu_only")) {  // an op with a CPU kernel and no CUDA kernel
+    OpDef d;
+    d.name = "test_cpu_only";
+    d.infer = [](const std::vector<TensorSpec>& in, const Attrs&) { return in; };
+    d.cpu = [](const KernelContext& c) { c.output(0).copy_from(c.input(0)); };
+    d.differentiable = false;
+    r.add(std::move(d));
+  }
+  Graph g;
+  Value x = g.input("x", Shape{2}, DType::float32);
+  Value y = g.apply1("test_cpu_only", {g.apply1("relu", {x})});
+  try {
+    Function f({x}, {{"y", y}}, {}, false, Device::cuda);
+    FAIL() << "a function with an op that has no CUDA kernel compiled for the GPU";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (cuda::is_built())  // named at compile time, whether or not a GPU is here; relu has its kernel
+      EXPECT_NE(what.find("no CUDA kernel for op(s) test_cpu_only;"), std::string::npos) << what;
+    else
+      EXPECT_NE(what.find("without its CUDA backend"), std::string::npos) << what;
+  }
+  Function cpu_f({x}, {{"y", y}}, {}, false);  // the same graph runs on the CPU
+  EXPECT_EQ(cpu_f.device(), Device::cpu);
+  if (!cuda::is_available()) EXPECT_THROW(cpu_f.set_device(Device::cuda), Error);
 }
