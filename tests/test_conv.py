@@ -752,3 +752,29 @@ def test_inference_fuses_relu_into_the_convolution(dtype, stride):
     (gw,) = kn.grad(loss, [x])
     step = kn.function([x], [loss, gw])
     np.testing.assert_allclose(step(xv)[0], ref.sum(), rtol=tol)
+
+
+def test_inference_sees_weights_written_since_its_last_call():
+    """An inference function keeps the direct convolution's packed weights between calls; a
+    training step (in place), an assign, and a state_dict load each change what the next call reads."""
+    rng = np.random.default_rng(7)
+    xv = rng.standard_normal((1, 8, 16, 16)).astype(np.float32)
+    x = kn.input("x", xv.shape)
+    conv = kn.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    y = conv(x)
+    predict = kn.function([x], y, training=False)
+    loss = kn.sum(y * y)
+    step = kn.function([x], loss, updates=kn.optim.SGD(conv.parameters(), lr=1e-3).updates(loss))
+
+    def check():
+        want = np_conv(xv.astype(np.float64), conv.weight.numpy().astype(np.float64), padding=1)
+        np.testing.assert_allclose(predict(xv), want, rtol=1e-4, atol=1e-4)
+
+    check()
+    check()  # the cached packing
+    step(xv)
+    check()
+    conv.weight.assign(rng.standard_normal(conv.weight.shape).astype(np.float32))
+    check()
+    conv.load_state_dict({k: v * 2 for k, v in conv.state_dict().items()})
+    check()

@@ -89,7 +89,7 @@ class VariableStore {
   // keeps its variables there between calls; reading or saving them copies them back.
   Tensor& on(const std::string& name, Device device);
   bool has(const std::string& name) const { return vars_.count(name) != 0; }
-  void set(const std::string& name, Tensor t) { vars_[name] = std::move(t); }
+  void set(const std::string& name, Tensor t);
   const std::map<std::string, Tensor>& all() const { return vars_; }
 
  private:

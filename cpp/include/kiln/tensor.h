@@ -31,12 +31,22 @@ class Storage {
   // allocates nothing but its outputs.
   static uint64_t allocations();
 
+  // A stamp unique to this block's current contents, for caches of values derived from a variable
+  // (a convolution's packed weights). Only variables' storages are tracked: Tensor::copy_from and
+  // the updates of a Function renew it. Whoever writes a variable's memory another way calls touch().
+  bool tracked() const { return tracked_; }
+  void track() { tracked_ = true; }
+  uint64_t stamp() const { return stamp_; }
+  void touch();
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   std::shared_ptr<void> owner_;  // keeps external memory alive
   bool owned_ = true;            // kiln allocated data_ and frees it
   Device device_ = Device::cpu;
+  bool tracked_ = false;
+  uint64_t stamp_ = 0;
 };
 
 class Tensor {

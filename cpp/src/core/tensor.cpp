@@ -71,8 +71,15 @@ BlockCache& block_cache() {
 
 uint64_t Storage::allocations() { return g_allocations.load(std::memory_order_relaxed); }
 
+namespace {
+std::atomic<uint64_t> g_stamps{0};
+}  // namespace
+
+void Storage::touch() { stamp_ = g_stamps.fetch_add(1, std::memory_order_relaxed) + 1; }
+
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  touch();
   if (device == Device::cuda) {
     data_ = device::alloc(nbytes);
     return;
@@ -93,7 +100,9 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
 }
 
 Storage::Storage(void* data, size_t nbytes, std::shared_ptr<void> owner)
-    : data_(data), nbytes_(nbytes), owner_(std::move(owner)), owned_(false) {}
+    : data_(data), nbytes_(nbytes), owner_(std::move(owner)), owned_(false) {
+  touch();
+}
 Storage::~Storage() {
   if (owned_ && device_ == Device::cuda) {
     device::free(data_);
@@ -177,8 +186,10 @@ void Tensor::copy_from(const Tensor& src) {
     if (!src.is_contiguous() && src.device() == Device::cuda) throw Error("copy: a strided source on the GPU");
     const Tensor packed = src.contiguous();
     if (numel() > 0) device::copy(raw(), device(), packed.raw(), packed.device(), nbytes());
+    storage_->touch();
     return;
   }
+  storage_->touch();
   size_t es = dtype_size(dtype_);
   if (src.is_contiguous()) {
     if (numel() > 0) std::memcpy(raw(), src.raw(), nbytes());

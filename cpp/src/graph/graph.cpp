@@ -114,9 +114,17 @@ Tensor& VariableStore::get(const std::string& name) {
   return it->second;
 }
 
+void VariableStore::set(const std::string& name, Tensor t) {
+  if (t.defined()) t.storage()->track();
+  vars_[name] = std::move(t);
+}
+
 Tensor& VariableStore::on(const std::string& name, Device device) {
   Tensor& t = get(name);
-  if (t.device() != device) t = t.to(device);
+  if (t.device() != device) {
+    t = t.to(device);
+    t.storage()->track();
+  }
   return t;
 }
 

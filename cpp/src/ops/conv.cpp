@@ -326,8 +326,11 @@ void conv_kernel(const KernelContext& c) {
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
   const bool relu = c.attrs.i("relu", 0) != 0;
   if (x.dtype() == DType::float32 && direct_applies(g, Pass::forward))  // applies the ReLU as it stores
-    return direct_forward(g, x.data<float>(), w.data<float>(), c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu,
-                          c.output(0).data<float>(), static_cast<float*>(c.workspace), c.workspace_bytes);
+    // inference functions keep variables' packed weights; a training step changes them every call
+    return direct_forward(g, x.data<float>(), w.data<float>(),
+                          !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0,
+                          c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu, c.output(0).data<float>(),
+                          static_cast<float*>(c.workspace), c.workspace_bytes);
   KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
     scalar_t* y = c.output(0).data<scalar_t>();
     conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),

@@ -75,8 +75,10 @@ void shifted_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, s
 // Direct convolution (conv_direct.cpp): float32, 1-D and 2-D, stride 1, all three passes.
 bool direct_applies(const Geom& g, Pass pass);
 size_t direct_workspace(const Geom& g, Pass pass);
-void direct_forward(const Geom& g, const float* x, const float* w, const float* bias, bool relu, float* out, float* ws,
-                    size_t ws_bytes);
+// w_stamp: the weights' Storage::stamp() when they are a variable's (their packed form is then
+// cached until the variable is written), else 0.
+void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
+                    float* out, float* ws, size_t ws_bytes);
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes);
 

@@ -177,6 +177,7 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   for (size_t i = 0; i < values.size(); ++i) {
     Tensor& var = program_->variables->on(plan.update_slots[i].first, device_);  // also those only written
     if (var.raw() != values[i].raw()) var.copy_from(values[i]);
+    var.storage()->touch();  // written in place by its kernel, or copied: caches of it are stale
   }
   if (device_ != Device::cpu) device::synchronize();  // the call's GPU work is done when it returns
   return out;
