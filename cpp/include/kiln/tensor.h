@@ -1,5 +1,6 @@
 #pragma once
 // A concrete n-d array: dtype, shape, strides, device and shared, 64-byte-aligned storage.
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -36,7 +37,7 @@ class Storage {
   // the updates of a Function renew it. Whoever writes a variable's memory another way calls touch().
   bool tracked() const { return tracked_; }
   void track() { tracked_ = true; }
-  uint64_t stamp() const { return stamp_; }
+  uint64_t stamp() const { return stamp_.load(std::memory_order_acquire); }
   void touch();
 
  private:
@@ -46,7 +47,7 @@ class Storage {
   bool owned_ = true;            // kiln allocated data_ and frees it
   Device device_ = Device::cpu;
   bool tracked_ = false;
-  uint64_t stamp_ = 0;
+  std::atomic<uint64_t> stamp_{0};  // written by one thread's update while another may read it
 };
 
 class Tensor {

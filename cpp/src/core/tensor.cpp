@@ -75,7 +75,7 @@ namespace {
 std::atomic<uint64_t> g_stamps{0};
 }  // namespace
 
-void Storage::touch() { stamp_ = g_stamps.fetch_add(1, std::memory_order_relaxed) + 1; }
+void Storage::touch() { stamp_.store(g_stamps.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_release); }
 
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
