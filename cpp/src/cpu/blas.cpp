@@ -1,10 +1,13 @@
 #include "cpu/blas.h"
 
-#include <algorithm>
 #include <cblas.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "cpu/parallel.h"
 
@@ -96,7 +99,60 @@ void split_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int 
   }
 }
 
+// MI rows x NV vectors of 16 columns of C in MI * NV vector accumulators (up to 6 x 2): each step of
+// k broadcasts MI values of A and loads NV vectors of Bt (8 loads for 12 FMAs in the full block,
+// the ratio that keeps the FMA units busy). Short blocks at the edges compute no dropped rows and
+// at most 15 dropped columns.
+typedef float v16f __attribute__((vector_size(64)));
+constexpr int kRowsBlock = 6;
+
+template <int MI, int NV>
+void rows_panel(int i0, int j0, int n, int k, const float* a, int lda, const float* bt, int n_pad, float* c, int ldc) {
+  const float* ar[MI];
+  for (int r = 0; r < MI; ++r) ar[r] = a + static_cast<int64_t>(i0 + r) * lda;
+  v16f acc[MI][NV] = {};
+  const float* b = bt + j0;
+  for (int p = 0; p < k; ++p, b += n_pad) {
+    v16f bv[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + 16 * v, sizeof(v16f));
+    for (int r = 0; r < MI; ++r) {
+      const float s = ar[r][p];
+      const v16f av = {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+  const int nj = std::min(16 * NV, n - j0);
+  for (int r = 0; r < MI; ++r) {
+    float row[16 * NV];
+    std::memcpy(row, acc[r], sizeof row);
+    std::memcpy(c + static_cast<int64_t>(i0 + r) * ldc + j0, row, nj * sizeof(float));
+  }
+}
+
+using PanelFn = void (*)(int, int, int, int, const float*, int, const float*, int, float*, int);
+
+template <int... MI>
+constexpr std::array<std::array<PanelFn, 2>, sizeof...(MI)> panel_table(std::integer_sequence<int, MI...>) {
+  return {{{rows_panel<MI + 1, 1>, rows_panel<MI + 1, 2>}...}};
+}
+
 }  // namespace
+
+void gemm_rows(int m, int n, int k, const float* a, int lda, const float* bt, int n_pad, float* c, int ldc) {
+  static constexpr auto kPanels = panel_table(std::make_integer_sequence<int, kRowsBlock>{});
+  // Rows in blocks as even as 6 allows (32 rows: 6 6 5 5 5 5, not 6 6 6 6 6 2), and the jobs dealt
+  // to the threads in turn: a thread's share mixes full panels and the narrow last one.
+  const int panels = (n + kRowsPanel - 1) / kRowsPanel, blocks = (m + kRowsBlock - 1) / kRowsBlock;
+  const int64_t jobs = int64_t(panels) * blocks, threads = std::min<int64_t>(num_threads(), jobs);
+  parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t j = t; j < jobs; j += threads) {
+        const int b = static_cast<int>(j % blocks), col = static_cast<int>(j / blocks) * kRowsPanel;
+        const int i0 = b * m / blocks, mi = (b + 1) * m / blocks - i0, nv = n - col > 16 ? 2 : 1;
+        kPanels[mi - 1][nv - 1](i0, col, n, k, a, lda, bt, n_pad, c, ldc);
+      }
+  });
+}
 
 void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
           float beta, float* c, int ldc) {

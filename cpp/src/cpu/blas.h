@@ -10,4 +10,10 @@ void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, in
 void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b, int ldb,
           double beta, double* c, int ldc);
 
+// C (m x n) = A (m x k) @ Bt, Bt (k x n) stored with rows n_pad apart (n_pad: n rounded up to 32,
+// zeros past n): a few rows (a small batch through a linear layer) against a weight transposed
+// once and cached (cpu/weight_cache.h). No packing per call, where BLAS packs the whole weight.
+void gemm_rows(int m, int n, int k, const float* a, int lda, const float* bt, int n_pad, float* c, int ldc);
+constexpr int kRowsPanel = 32;  // the columns of C one step of gemm_rows covers
+
 }  // namespace kiln::cpu

@@ -8,12 +8,10 @@
 // (KILN_NATIVE) makes each vector operation one AVX-512 instruction.
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <tuple>
 #include <vector>
 
+#include "cpu/weight_cache.h"
 #include "ops/conv_geom.h"
 
 namespace kiln::conv {
@@ -280,56 +278,6 @@ int64_t parts_of(const Direct& d, Pass pass, int64_t shared, size_t ws_bytes, in
   return std::min(std::max<int64_t>(1, slots), work);
 }
 
-// Packed weights of variables, kept until the variable is written (its storage's stamp changes):
-// an inference call then reads each weight once, where packing read it and wrote it again (a third
-// of a 7x7 layer's time at batch 1). Keyed by address, stamp and the packing's geometry; bounded.
-class PackedWeights {
- public:
-  std::shared_ptr<const std::vector<float>> get(const Direct& d, const float* w, uint64_t stamp) {
-    const Key key{reinterpret_cast<uintptr_t>(w), stamp, d.k, d.cg(), d.taps(), d.groups};
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = entries_.find(key);
-      if (it != entries_.end()) return it->second;
-    }
-    auto packed = std::make_shared<std::vector<float>>(static_cast<size_t>(d.packed()));
-    cpu::parallel_for(d.groups * d.blocks(), 1, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) pack_block(d, w, false, j, packed->data());
-    });
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = entries_.begin(); it != entries_.end();) {  // older stamps of the same weights
-      if (it->first.addr() != key.addr()) {
-        ++it;
-        continue;
-      }
-      bytes_ -= it->second->size() * sizeof(float);
-      it = entries_.erase(it);
-    }
-    if (bytes_ + packed->size() * sizeof(float) > kMaxBytes) {
-      entries_.clear();
-      bytes_ = 0;
-    }
-    bytes_ += packed->size() * sizeof(float);
-    entries_.emplace(key, packed);
-    return packed;
-  }
-
- private:
-  struct Key : std::tuple<uintptr_t, uint64_t, int64_t, int64_t, int64_t, int64_t> {
-    using tuple::tuple;
-    uintptr_t addr() const { return std::get<0>(*this); }
-  };
-  static constexpr size_t kMaxBytes = size_t(512) << 20;
-  std::mutex mu_;
-  std::map<Key, std::shared_ptr<const std::vector<float>>> entries_;
-  size_t bytes_ = 0;
-};
-
-PackedWeights& packed_weights() {
-  static PackedWeights* cache = new PackedWeights();  // never destroyed: functions may outlive statics
-  return *cache;
-}
-
 template <int R>
 void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_stamp, bool flip_transpose,
                  const float* bias, bool relu, float* y, float* ws, size_t ws_bytes) {
@@ -338,8 +286,13 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
   const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, chunks), jobs = d.groups * d.blocks();
   const int64_t block_elems = d.cg() * d.taps() * kFilters, P = d.oh * d.ow;
   std::shared_ptr<const std::vector<float>> cached;
-  if (w_stamp && !flip_transpose) {
-    cached = packed_weights().get(d, w, w_stamp);
+  if (w_stamp && !flip_transpose) {  // a variable's weights in an inference call: packed once
+    cached = cpu::derived_weights(w, w_stamp, {d.k, d.cg(), d.taps(), d.groups}, static_cast<size_t>(d.packed()),
+                                  [&](float* out) {
+                                    cpu::parallel_for(d.groups * d.blocks(), 1, [&](int64_t j0, int64_t j1) {
+                                      for (int64_t j = j0; j < j1; ++j) pack_block(d, w, false, j, out);
+                                    });
+                                  });
     packed = const_cast<float*>(cached->data());  // only read from here on
   }
   // One chunk (a small batch): each job packs its block just before using it, so the block is

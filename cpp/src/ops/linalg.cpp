@@ -4,6 +4,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
+#include "cpu/weight_cache.h"
 #include "ops/common.h"
 
 namespace kiln {
@@ -89,12 +90,28 @@ void matmul_kernel(const KernelContext& c) {
     }
   }
   int64_t batches = d.batch.numel();
+  bool b_shared = true;
+  for (int i = 0; i < nb; ++i) b_shared = b_shared && bs_b[i] == 0;
+  // A small batch through a linear layer in an inference call: the weight (a variable) is
+  // transposed once and kept, and the rows run against it unpacked (cpu::gemm_rows). One row
+  // streams the weight as it is stored (GEMV) faster still.
+  const int64_t rows = d.m * batches;
+  if (A.dtype() == DType::float32 && !c.training && B.storage()->tracked() && tb && !ta && b_shared && rows >= 2 &&
+      rows <= 64 && d.k >= 64 && d.n >= 16) {
+    const int64_t n_pad = (d.n + cpu::kRowsPanel - 1) / cpu::kRowsPanel * cpu::kRowsPanel;
+    const float* b = B.data<float>();
+    auto bt =
+        cpu::derived_weights(b, B.storage()->stamp(), {d.n, d.k, 1}, static_cast<size_t>(d.k * n_pad), [&](float* out) {
+          for (int64_t j = 0; j < d.n; ++j)
+            for (int64_t p = 0; p < d.k; ++p) out[p * n_pad + j] = b[j * d.k + p];
+        });
+    return cpu::gemm_rows(int(rows), int(d.n), int(d.k), A.data<float>(), int(d.k), bt->data(), int(n_pad),
+                          C.data<float>(), int(d.n));
+  }
   KILN_DISPATCH_NUMERIC(A.dtype(), "matmul", {
     const scalar_t* a = A.data<scalar_t>();
     const scalar_t* b = B.data<scalar_t>();
     scalar_t* o = C.data<scalar_t>();
-    bool b_shared = true;
-    for (int i = 0; i < nb; ++i) b_shared = b_shared && bs_b[i] == 0;
     if (b_shared && !ta && batches > 1) {  // (..., M, K) @ (K, N): one GEMM with M * batches rows
       gemm_any(false, tb, d.m * batches, d.n, d.k, a, b, o);
     } else {
