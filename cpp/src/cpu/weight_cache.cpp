@@ -7,12 +7,12 @@
 namespace kiln::cpu {
 namespace {
 
-using Key = std::tuple<uintptr_t, uint64_t, std::vector<int64_t>>;
+using Key = std::tuple<uintptr_t, uint64_t, DerivedShape>;
 
 struct Cache {
   static constexpr size_t kMaxBytes = size_t(512) << 20;
   std::mutex mu;
-  std::map<Key, std::shared_ptr<const std::vector<float>>> entries;
+  std::map<Key, Derived> entries;
   size_t bytes = 0;
 };
 
@@ -23,33 +23,32 @@ Cache& cache() {
 
 }  // namespace
 
-std::shared_ptr<const std::vector<float>> derived_weights(const void* addr, uint64_t stamp,
-                                                          const std::vector<int64_t>& geometry, size_t floats,
-                                                          const std::function<void(float*)>& fill) {
+Derived find_derived(const void* addr, uint64_t stamp, const DerivedShape& shape) {
   Cache& c = cache();
-  const Key key{reinterpret_cast<uintptr_t>(addr), stamp, geometry};
-  {
-    std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.entries.find(key);
-    if (it != c.entries.end()) return it->second;
-  }
-  auto made = std::make_shared<std::vector<float>>(floats, 0.f);
-  fill(made->data());  // outside the lock: it may run on the thread pool
+  std::lock_guard<std::mutex> lock(c.mu);
+  auto it = c.entries.find(Key{reinterpret_cast<uintptr_t>(addr), stamp, shape});
+  return it == c.entries.end() ? nullptr : it->second;
+}
+
+Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, std::vector<float> values) {
+  Cache& c = cache();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  auto made = std::make_shared<const std::vector<float>>(std::move(values));
   std::lock_guard<std::mutex> lock(c.mu);
   for (auto it = c.entries.begin(); it != c.entries.end();) {  // older stamps of the same weights
-    if (std::get<0>(it->first) != std::get<0>(key)) {
+    if (std::get<0>(it->first) != a) {
       ++it;
       continue;
     }
     c.bytes -= it->second->size() * sizeof(float);
     it = c.entries.erase(it);
   }
-  if (c.bytes + floats * sizeof(float) > Cache::kMaxBytes) {
+  if (c.bytes + made->size() * sizeof(float) > Cache::kMaxBytes) {
     c.entries.clear();
     c.bytes = 0;
   }
-  c.bytes += floats * sizeof(float);
-  c.entries.emplace(key, made);
+  c.bytes += made->size() * sizeof(float);
+  c.entries.emplace(Key{a, stamp, shape}, made);
   return made;
 }
 

@@ -3,18 +3,31 @@
 // transposed weight), kept while the variable is unchanged: its storage's stamp (Storage::stamp)
 // is part of the key, and every write renews it. For inference functions, where the weights are
 // read on every call and written by none.
+#include <array>
 #include <cstdint>
-#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace kiln::cpu {
 
-// The derived values for (addr, stamp, geometry): made by fill(out) into `floats` zeroed floats the
-// first time, shared afterwards. Entries of older stamps at the same address are dropped; the
-// cache holds at most 512 MB.
-std::shared_ptr<const std::vector<float>> derived_weights(const void* addr, uint64_t stamp,
-                                                          const std::vector<int64_t>& geometry, size_t floats,
-                                                          const std::function<void(float*)>& fill);
+using Derived = std::shared_ptr<const std::vector<float>>;
+using DerivedShape = std::array<int64_t, 4>;  // the derivation's geometry, part of the key
+
+// The entry for (addr, stamp, shape), or null.
+Derived find_derived(const void* addr, uint64_t stamp, const DerivedShape& shape);
+// Keeps `values` for (addr, stamp, shape), dropping entries of older stamps at the same address;
+// the cache holds at most 512 MB.
+Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, std::vector<float> values);
+
+// The derived values for (addr, stamp, shape): made by fill(out) into `floats` zeroed floats the
+// first time, shared afterwards. A hit costs one locked map lookup, nothing allocated.
+template <class Fill>
+Derived derived_weights(const void* addr, uint64_t stamp, const DerivedShape& shape, size_t floats, Fill&& fill) {
+  if (Derived hit = find_derived(addr, stamp, shape)) return hit;
+  std::vector<float> values(floats, 0.f);
+  fill(values.data());  // outside the lock: it may run on the thread pool
+  return keep_derived(addr, stamp, shape, std::move(values));
+}
 
 }  // namespace kiln::cpu

@@ -287,8 +287,8 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
   const int64_t block_elems = d.cg() * d.taps() * kFilters, P = d.oh * d.ow;
   std::shared_ptr<const std::vector<float>> cached;
   if (w_stamp && !flip_transpose) {  // a variable's weights in an inference call: packed once
-    cached = cpu::derived_weights(w, w_stamp, {d.k, d.cg(), d.taps(), d.groups}, static_cast<size_t>(d.packed()),
-                                  [&](float* out) {
+    cached = cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.cg(), d.taps(), d.groups},
+                                  static_cast<size_t>(d.packed()), [&](float* out) {
                                     cpu::parallel_for(d.groups * d.blocks(), 1, [&](int64_t j0, int64_t j1) {
                                       for (int64_t j = j0; j < j1; ++j) pack_block(d, w, false, j, out);
                                     });

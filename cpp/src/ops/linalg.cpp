@@ -100,11 +100,11 @@ void matmul_kernel(const KernelContext& c) {
       rows <= 64 && d.k >= 64 && d.n >= 16) {
     const int64_t n_pad = (d.n + cpu::kRowsPanel - 1) / cpu::kRowsPanel * cpu::kRowsPanel;
     const float* b = B.data<float>();
-    auto bt =
-        cpu::derived_weights(b, B.storage()->stamp(), {d.n, d.k, 1}, static_cast<size_t>(d.k * n_pad), [&](float* out) {
-          for (int64_t j = 0; j < d.n; ++j)
-            for (int64_t p = 0; p < d.k; ++p) out[p * n_pad + j] = b[j * d.k + p];
-        });
+    auto bt = cpu::derived_weights(b, B.storage()->stamp(), cpu::DerivedShape{d.n, d.k, 1, 0},
+                                   static_cast<size_t>(d.k * n_pad), [&](float* out) {
+                                     for (int64_t j = 0; j < d.n; ++j)
+                                       for (int64_t p = 0; p < d.k; ++p) out[p * n_pad + j] = b[j * d.k + p];
+                                   });
     return cpu::gemm_rows(int(rows), int(d.n), int(d.k), A.data<float>(), int(d.k), bt->data(), int(n_pad),
                           C.data<float>(), int(d.n));
   }

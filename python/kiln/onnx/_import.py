@@ -141,7 +141,10 @@ def build(
                 domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
                 problems.append(f"{where}: op {node.op_type}{domain} is not supported")
                 continue
-            reads_dynamic = any(n in known and np.any(known[n] == DYNAMIC) for n in node.input if n)
+            # the marker lives in values computed at import time: the weights are not scanned
+            reads_dynamic = any(
+                n in known and n not in params and np.any(known[n] == DYNAMIC) for n in node.input if n
+            )
             if reads_dynamic and node.op_type not in TAKES_DYNAMIC:
                 problems.append(
                     f"{where}: computes with the size of a dynamic dimension (the Shape of a tensor whose "
