@@ -1,5 +1,5 @@
 """kiln's CUDA backend against PyTorch on the same GPU, one table: sgemm (float32, and with TF32
-allowed on both sides) in TFLOP/s, conv2d forward+backward and ResNet-18 training steps in images/s.
+allowed on both sides) and hgemm in TFLOP/s, conv2d forward+backward and ResNet-18 training steps in images/s.
 Run by bench/gpu_check.sh; prints markdown rows ready for bench/README.md. Medians of timed runs
 after warm-up; every kiln call returns only when its GPU work is done, and PyTorch is synchronized
 the same way."""
@@ -38,16 +38,17 @@ def torch_sync(fn):
     return run
 
 
-def sgemm(n: int, tf32: bool) -> tuple[float, float]:
-    """TFLOP/s of an n x n x n float32 product: kiln (operands in device variables, the product
-    written to a third, nothing copied) and cuBLAS through torch.mm."""
+def gemm(n: int, dtype: str = "float32", tf32: bool = False) -> tuple[float, float]:
+    """TFLOP/s of an n x n x n product (float32, float32 with TF32 allowed, or float16 accumulating
+    in float32): kiln (operands in device variables, the product written to a third, nothing
+    copied) and cuBLAS through torch.mm."""
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
     kn.cuda.allow_tf32(tf32)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     with kn.Graph():
-        A, B = kn.Parameter(a, name="a"), kn.Parameter(b, name="b")
-        C = kn.Parameter(np.zeros((n, n), np.float32), name="c")
+        A, B = kn.Parameter(a, name="a", dtype=dtype), kn.Parameter(b, name="b", dtype=dtype)
+        C = kn.Parameter(np.zeros((n, n), dtype), name="c", dtype=dtype)
         f = kn.function([], [], updates=[(C, A @ B)], device="cuda")
         k = median_seconds(lambda: f())
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
@@ -82,7 +83,20 @@ def conv_fwd_bwd(batch: int, c: int, hw: int) -> tuple[float, float]:
     return batch / k, batch / t
 
 
-def resnet18_step(batch: int, size: int, tf32: bool = False) -> tuple[float, float, float, float]:
+def print_profile(f: kn.Function, title: str, calls: int = 3) -> None:
+    """Milliseconds per call of each op kind in f, kernels synchronized one by one."""
+    per_op: dict[str, float] = {}
+    for node, _, us in f.profile(calls=calls):
+        op = node.split(" ", 1)[1]
+        per_op[op] = per_op.get(op, 0.0) + us / 1e3
+    total = sum(per_op.values())
+    rows = ", ".join(f"{op} {ms:.2f}" for op, ms in sorted(per_op.items(), key=lambda r: -r[1])[:14])
+    print(f"{title}: {total:.1f} ms in kernels; by op (ms): {rows}", flush=True)
+
+
+def resnet18_step(
+    batch: int, size: int, tf32: bool = False, profile: bool = False
+) -> tuple[float, float, float, float]:
     """Images/s of a ResNet-18 SGD-momentum training step: kiln on a host batch, kiln on a batch
     already on the GPU (held in variables), PyTorch copying the batch from the host too, and
     PyTorch with the batch already on the GPU."""
@@ -109,6 +123,10 @@ def resnet18_step(batch: int, size: int, tf32: bool = False) -> tuple[float, flo
         opt = kn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         resident = kn.function([], loss, updates=opt.updates(loss), device="cuda")
         k_dev = median_seconds(lambda: resident())
+        if profile:
+            print_profile(
+                resident, f"kiln's ResNet-18 step, batch {batch} at {size}x{size}, batch on the GPU"
+            )
     net = resnet18(torch).cuda()
     topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     xd, yd = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
@@ -136,15 +154,14 @@ def main() -> None:
     print("| measure | kiln | PyTorch | kiln / PyTorch |")
     print("| --- | ---: | ---: | ---: |")
     for batch, size, tf32 in ((128, 224, False), (512, 32, False), (128, 224, True)):
-        k, kd, th, td = resnet18_step(batch, size, tf32)
+        k, kd, th, td = resnet18_step(batch, size, tf32, profile=not tf32)
         label = f"ResNet-18 train step, batch {batch} {size}x{size}{', TF32' if tf32 else ''}, images/s"
         print(f"| {label} (batch from the host) | {k:.0f} | {th:.0f} | {k / th:.2f} |", flush=True)
         print(f"| {label} (batch already on the GPU) | {kd:.0f} | {td:.0f} | {kd / td:.2f} |", flush=True)
-    for n, tf32 in ((8192, False), (8192, True)):
-        k, t = sgemm(n, tf32)
-        label = f"sgemm {n}^3{' (TF32 allowed)' if tf32 else ''}, TFLOP/s"
-        print(f"| {label} | {k:.1f} | {t:.1f} | {k / t:.2f} |", flush=True)
-    print("| hgemm | n/a: kiln has no float16 tensors yet | | |")
+    for name, dtype, tf32 in (("sgemm", "float32", False), ("sgemm, TF32 allowed,", "float32", True),
+                              ("hgemm", "float16", False)):  # fmt: skip
+        k, t = gemm(8192, dtype, tf32)
+        print(f"| {name} 8192^3, TFLOP/s | {k:.1f} | {t:.1f} | {k / t:.2f} |", flush=True)
     for batch, c, hw in ((128, 64, 56),):
         k, t = conv_fwd_bwd(batch, c, hw)
         print(f"| conv2d 3x3 {c}->{c} {hw}x{hw} fwd+bwd, batch {batch}, images/s | {k:.0f} | {t:.0f} | {k / t:.2f} |",

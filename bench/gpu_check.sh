@@ -25,7 +25,7 @@ workers=()
 $PY -c "import xdist" 2>/dev/null && workers=(-n "${KILN_TEST_WORKERS:-8}")
 
 echo "== CUDA tests"
-timeout "${KILN_TEST_TIMEOUT:-300}" $PY -m pytest -q -p no:cacheprovider -rf --tb=line "${workers[@]}" tests/test_cuda.py tests/test_cuda_ops.py 2>&1 | tail -60
+timeout "${KILN_TEST_TIMEOUT:-300}" $PY -m pytest -q -p no:cacheprovider -rf --tb=line "${workers[@]}" tests/test_cuda.py tests/test_cuda_ops.py tests/test_float16.py 2>&1 | tail -60
 tests=${PIPESTATUS[0]}
 echo "tests done at $((SECONDS - start)) s"
 

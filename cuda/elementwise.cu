@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "common.cuh"
+#include "ops/half.h"
 #include "ops/math.h"
 
 namespace kiln::cuda {
@@ -130,9 +131,9 @@ struct Cast {
 void cast_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
   Tensor& y = c.output(0);
-  KILN_DISPATCH_ALL(x.dtype(), "cast", {
+  KILN_DISPATCH_ALL_AND_HALF(x.dtype(), "cast", {
     using in_t = scalar_t;
-    KILN_DISPATCH_ALL(y.dtype(), "cast", (map_unary<in_t, scalar_t>(x, y, Cast<in_t, scalar_t>{})));
+    KILN_DISPATCH_ALL_AND_HALF(y.dtype(), "cast", (map_unary<in_t, scalar_t>(x, y, Cast<in_t, scalar_t>{})));
   });
 }
 

@@ -4,6 +4,7 @@
 
 #include "common.cuh"
 #include "kiln/cuda.h"
+#include "ops/half.h"
 
 namespace kiln::cuda {
 namespace {
@@ -13,11 +14,14 @@ namespace {
 template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t stride_a, const T* b, int64_t stride_b,
           T* c, int64_t batches) {
-  const cudaDataType_t type = std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
-  const cublasComputeType_t compute = std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F
-                                      : tf32_allowed()          ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                                : CUBLAS_COMPUTE_32F;
-  const T one = 1, zero = 0;
+  constexpr bool is_half = std::is_same_v<T, half>;
+  const cudaDataType_t type = is_half ? CUDA_R_16F : std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
+  // Halves accumulate in float, as PyTorch's half matmul does.
+  const cublasComputeType_t compute = std::is_same_v<T, double>    ? CUBLAS_COMPUTE_64F
+                                      : tf32_allowed() && !is_half ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                                   : CUBLAS_COMPUTE_32F;
+  using scale_t = std::conditional_t<is_half, float, T>;
+  const scale_t one = 1, zero = 0;
   check_blas(
       cublasGemmStridedBatchedEx(blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m),
                                  int(k), &one, b, type, int(tb ? k : n), stride_b, a, type, int(ta ? m : k), stride_a,
@@ -76,22 +80,26 @@ void matmul_kernel(const KernelContext& c) {
     return true;
   };
   const int64_t step_a = batches > 1 ? off_a[1] - off_a[0] : 0, step_b = batches > 1 ? off_b[1] - off_b[0] : 0;
+  auto blas_matmul = [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    const scalar_t* a = A.data<scalar_t>();
+    const scalar_t* b = B.data<scalar_t>();
+    scalar_t* o = C.data<scalar_t>();
+    if (batches > 1 && step_b == 0 && !ta && step_a == m * k && even(off_a))  // (..., M, K) @ (K, N): one GEMM
+      gemm(false, tb, m * batches, n, k, a, 0, b, 0, o, 1);
+    else if (even(off_a) && even(off_b))
+      gemm(ta, tb, m, n, k, a, step_a, b, step_b, o, batches);
+    else
+      for (int64_t bi = 0; bi < batches; ++bi)
+        gemm(ta, tb, m, n, k, a + off_a[bi], 0, b + off_b[bi], 0, o + bi * m * n, 1);
+  };
   switch (A.dtype()) {
     case DType::float32:
+      return blas_matmul(float{});
     case DType::float64:
-      KILN_DISPATCH_FLOAT(A.dtype(), "matmul", {
-        const scalar_t* a = A.data<scalar_t>();
-        const scalar_t* b = B.data<scalar_t>();
-        scalar_t* o = C.data<scalar_t>();
-        if (batches > 1 && step_b == 0 && !ta && step_a == m * k && even(off_a))  // (..., M, K) @ (K, N): one GEMM
-          gemm(false, tb, m * batches, n, k, a, 0, b, 0, o, 1);
-        else if (even(off_a) && even(off_b))
-          gemm(ta, tb, m, n, k, a, step_a, b, step_b, o, batches);
-        else
-          for (int64_t bi = 0; bi < batches; ++bi)
-            gemm(ta, tb, m, n, k, a + off_a[bi], 0, b + off_b[bi], 0, o + bi * m * n, 1);
-      });
-      break;
+      return blas_matmul(double{});
+    case DType::float16:
+      return blas_matmul(half{});
     default:
       KILN_DISPATCH_NUMERIC(A.dtype(), "matmul", {
         Scratch offsets(2 * batches * sizeof(int64_t));
@@ -141,19 +149,9 @@ void permute_kernel(const KernelContext& c) {
     p.in_stride[i] = xs[static_cast<int>(normalize_axis(dims[i], p.rank, "permute"))];
   }
   // Moved by element size: the values are only copied.
-  switch (dtype_size(x.dtype())) {
-    case 1:
-      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint8_t>(), y.data<uint8_t>(), p);
-      break;
-    case 4:
-      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint32_t>(), y.data<uint32_t>(), p);
-      break;
-    case 8:
-      permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<uint64_t>(), y.data<uint64_t>(), p);
-      break;
-    default:
-      throw Error("permute: dtype " + std::string(dtype_name(x.dtype())) + " is not supported on the GPU");
-  }
+  KILN_DISPATCH_BY_SIZE(x.dtype(), "permute", {
+    permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<scalar_t>(), y.data<scalar_t>(), p);
+  });
   check_launch("permute");
 }
 

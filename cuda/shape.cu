@@ -135,7 +135,7 @@ void copy_box(const Tensor& src, Tensor& dst, const Box& b, const char* op) {
 void broadcast_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
   Tensor& y = c.output(0);
-  KILN_DISPATCH_ALL(x.dtype(), "broadcast_to", {});  // the dtypes the CPU's kernel takes
+  KILN_DISPATCH_BY_SIZE(x.dtype(), "broadcast_to", {});  // the dtypes the CPU's kernel takes
   if (y.numel() == 0) return;
   const Shape* shapes[1] = {&x.shape()};
   const cpu::Broadcast<1> bc(y.shape(), shapes);  // y's shape with the input's strides, 0 where broadcast

@@ -15,11 +15,12 @@ DType from_dlpack(nb::dlpack::dtype t) {
   auto code = static_cast<dtype_code>(t.code);
   if (code == dtype_code::Float && t.bits == 32) return DType::float32;
   if (code == dtype_code::Float && t.bits == 64) return DType::float64;
+  if (code == dtype_code::Float && t.bits == 16) return DType::float16;
   if (code == dtype_code::Int && t.bits == 32) return DType::int32;
   if (code == dtype_code::Int && t.bits == 64) return DType::int64;
   if (code == dtype_code::UInt && t.bits == 8) return DType::uint8;
   if (code == dtype_code::Bool) return DType::bool_;
-  throw Error("unsupported array dtype (kiln takes float32, float64, int32, int64, uint8 and bool)");
+  throw Error("unsupported array dtype (kiln takes float32, float64, float16, int32, int64, uint8 and bool)");
 }
 
 nb::dlpack::dtype to_dlpack(DType t) {
@@ -28,6 +29,8 @@ nb::dlpack::dtype to_dlpack(DType t) {
       return nb::dtype<float>();
     case DType::float64:
       return nb::dtype<double>();
+    case DType::float16:
+      return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
     case DType::int32:
       return nb::dtype<int32_t>();
     case DType::int64:

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kiln/error.h"
+
 namespace kiln {
 
 enum class DType : uint8_t { float32, float64, float16, bfloat16, int32, int64, uint8, bool_ };
@@ -15,6 +17,8 @@ bool is_floating(DType t);
 bool is_integral(DType t);  // integers and bool
 // numpy's result_type for the dtypes kiln supports (int32 + float32 -> float64, as numpy).
 DType promote(DType a, DType b);
+// The error of an op's kernel given a dtype it does not take.
+Error unsupported_dtype(const std::string& op, DType t);
 
 // Runs the code with `scalar_t` the C++ type of a runtime dtype; only the listed types are
 // instantiated, and any other dtype throws kiln::Error naming the op.
@@ -33,7 +37,7 @@ DType promote(DType a, DType b);
   KILN_DISPATCH_CASE(uint8, uint8_t, __VA_ARGS__)
 #define KILN_DISPATCH_DEFAULT(dtype, opname) \
   default:                                   \
-    throw ::kiln::Error(std::string(opname) + ": dtype " + dtype_name(dtype) + " is not supported")
+    throw ::kiln::unsupported_dtype(opname, dtype)
 
 #define KILN_DISPATCH_FLOAT(dtype, opname, ...) \
   switch (dtype) {                              \
@@ -52,6 +56,34 @@ DType promote(DType a, DType b);
     KILN_INT_CASES(__VA_ARGS__)                  \
     KILN_DISPATCH_CASE(bool_, bool, __VA_ARGS__) \
     KILN_DISPATCH_DEFAULT(dtype, opname);        \
+  }
+
+// Runs the code with `scalar_t` an unsigned integer as wide as the dtype's elements: for kernels
+// that move elements without looking at them (so float16 too).
+#define KILN_DISPATCH_BY_SIZE(dtype, opname, ...)     \
+  switch (::kiln::dtype_size(dtype)) {                \
+    case 1: {                                         \
+      using scalar_t = uint8_t;                       \
+      __VA_ARGS__;                                    \
+      break;                                          \
+    }                                                 \
+    case 2: {                                         \
+      using scalar_t = uint16_t;                      \
+      __VA_ARGS__;                                    \
+      break;                                          \
+    }                                                 \
+    case 4: {                                         \
+      using scalar_t = uint32_t;                      \
+      __VA_ARGS__;                                    \
+      break;                                          \
+    }                                                 \
+    case 8: {                                         \
+      using scalar_t = uint64_t;                      \
+      __VA_ARGS__;                                    \
+      break;                                          \
+    }                                                 \
+    default:                                          \
+      throw ::kiln::unsupported_dtype(opname, dtype); \
   }
 
 }  // namespace kiln

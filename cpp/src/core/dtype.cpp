@@ -89,4 +89,11 @@ DType promote(DType a, DType b) {
   return hi;
 }
 
+Error unsupported_dtype(const std::string& op, DType t) {
+  std::string msg = op + ": dtype " + dtype_name(t) + " is not supported";
+  if (t == DType::float16)
+    msg += "; float16 tensors take cast, matmul and the shape ops only: cast to float32 for the rest";
+  return Error(msg);
+}
+
 }  // namespace kiln

@@ -4,6 +4,7 @@
 
 #include "cpu/broadcast.h"
 #include "ops/common.h"
+#include "ops/half.h"
 #include "ops/math.h"
 
 namespace kiln {
@@ -114,9 +115,9 @@ void clip_kernel(const KernelContext& c) {
 void cast_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
   Tensor& y = c.output(0);
-  KILN_DISPATCH_ALL(x.dtype(), "cast", {
+  KILN_DISPATCH_ALL_AND_HALF(x.dtype(), "cast", {
     using in_t = scalar_t;
-    KILN_DISPATCH_ALL(y.dtype(), "cast", {
+    KILN_DISPATCH_ALL_AND_HALF(y.dtype(), "cast", {
       map_unary<in_t, scalar_t>(x, y, [](in_t v) {
         if constexpr (std::is_same_v<scalar_t, bool>)
           return v != in_t(0);

@@ -6,6 +6,7 @@
 #include "cpu/parallel.h"
 #include "cpu/weight_cache.h"
 #include "ops/common.h"
+#include "ops/half.h"
 
 namespace kiln {
 using namespace ops;
@@ -62,10 +63,7 @@ void gemm_any(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, con
   }
 }
 
-void matmul_kernel(const KernelContext& c) {
-  const Tensor &A = c.input(0), &B = c.input(1);
-  Tensor& C = c.output(0);
-  bool ta = c.attrs.i("transpose_a", 0), tb = c.attrs.i("transpose_b", 0);
+void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool ta, bool tb, bool training) {
   MatmulDims d = matmul_dims(A.shape(), B.shape(), ta, tb);
   const int nb = d.batch.rank();
   // Per-batch element offsets of A and B (0 along broadcast batch dims).
@@ -96,7 +94,7 @@ void matmul_kernel(const KernelContext& c) {
   // transposed once and kept, and the rows run against it unpacked (cpu::gemm_rows). One row
   // streams the weight as it is stored (GEMV) faster still.
   const int64_t rows = d.m * batches;
-  if (A.dtype() == DType::float32 && !c.training && B.storage()->tracked() && tb && !ta && b_shared && rows >= 2 &&
+  if (A.dtype() == DType::float32 && !training && B.storage()->tracked() && tb && !ta && b_shared && rows >= 2 &&
       rows <= 64 && d.k >= 64 && d.n >= 16) {
     const int64_t n_pad = (d.n + cpu::kRowsPanel - 1) / cpu::kRowsPanel * cpu::kRowsPanel;
     const float* b = B.data<float>();
@@ -129,6 +127,29 @@ void matmul_kernel(const KernelContext& c) {
   });
 }
 
+// float16 products run in float32 (numpy's BLAS has no half GEMM either) and round once at the end.
+template <class From, class To>
+Tensor converted(const Tensor& x, DType dtype) {
+  Tensor y = Tensor::empty(x.shape(), dtype);
+  const From* in = x.data<From>();
+  To* out = y.data<To>();
+  cpu::parallel_for(x.numel(), 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = To(float(in[i]));
+  });
+  return y;
+}
+
+void matmul_kernel(const KernelContext& c) {
+  const Tensor &A = c.input(0), &B = c.input(1);
+  Tensor& C = c.output(0);
+  const bool ta = c.attrs.i("transpose_a", 0), tb = c.attrs.i("transpose_b", 0);
+  if (A.dtype() != DType::float16) return matmul(A, B, C, ta, tb, c.training);
+  Tensor product = Tensor::empty(C.shape(), DType::float32);
+  matmul(converted<half, float>(A, DType::float32), converted<half, float>(B, DType::float32), product, ta, tb,
+         c.training);
+  C.copy_from(converted<float, half>(product, DType::float16));
+}
+
 void permute_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
   Tensor& y = c.output(0);
@@ -141,7 +162,7 @@ void permute_kernel(const KernelContext& c) {
   const int64_t n = y.numel();
   if (n == 0) return;
   const int64_t inner = r ? os[r - 1] : 1, sin = r ? st[r - 1] : 1;
-  KILN_DISPATCH_ALL(x.dtype(), "permute", {
+  KILN_DISPATCH_BY_SIZE(x.dtype(), "permute", {
     const scalar_t* in = x.data<scalar_t>();
     scalar_t* out = y.data<scalar_t>();
     cpu::parallel_for(n / inner, std::max<int64_t>(1, 8192 / inner), [&](int64_t r0, int64_t r1) {
