@@ -6,6 +6,7 @@ the same way."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -123,10 +124,12 @@ def resnet18_step(
         opt = kn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         resident = kn.function([], loss, updates=opt.updates(loss), device="cuda")
         k_dev = median_seconds(lambda: resident())
-        if profile:
-            print_profile(
-                resident, f"kiln's ResNet-18 step, batch {batch} at {size}x{size}, batch on the GPU"
-            )
+        if profile:  # batch norm by cuDNN (the default in training) and by kiln's own kernels
+            title = f"kiln's ResNet-18 step, batch {batch} at {size}x{size}, batch on the GPU"
+            print_profile(resident, title + ", cuDNN batch norm")
+            os.environ["KILN_CUDNN_BATCH_NORM"] = "0"
+            print_profile(resident, title + ", kiln's batch norm kernels")
+            del os.environ["KILN_CUDNN_BATCH_NORM"]
     net = resnet18(torch).cuda()
     topt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     xd, yd = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()

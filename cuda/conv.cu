@@ -4,15 +4,13 @@
 #include "common.cuh"
 
 #ifdef KILN_WITH_CUDNN
-#include <cudnn.h>
-
-#include <climits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "cudnn.cuh"
 #include "kiln/cuda.h"
 #endif
 
@@ -26,22 +24,6 @@ enum class Pass { forward, input_grad, weight_grad };
 // The most scratch memory an algorithm may ask for: the pool keeps what it grows to, so a greedy
 // algorithm would hold memory for the rest of the program.
 constexpr size_t kMaxWorkspace = size_t(1) << 30;
-
-void check_dnn(cudnnStatus_t s, const char* op, const char* what) {
-  if (s != CUDNN_STATUS_SUCCESS)
-    throw Error(std::string(op) + ": cuDNN " + what + " failed (" + cudnnGetErrorString(s) + ")");
-}
-
-// Made on first use and never destroyed, as memory.cu's stream and cuBLAS handle.
-cudnnHandle_t handle(const char* op) {
-  static const cudnnHandle_t h = [op] {
-    cudnnHandle_t made = nullptr;
-    check_dnn(cudnnCreate(&made), op, "cudnnCreate");
-    check_dnn(cudnnSetStream(made, stream()), op, "cudnnSetStream");
-    return made;
-  }();
-  return h;
-}
 
 // A convolution from its conv side (x its input, y its output, w (K, C/groups, kernel...)), 1-D as
 // 2-D with H = 1. cuDNN pads both ends alike. Where that does not give y's size (pad_end unlike
@@ -89,28 +71,6 @@ ConvGeom make_geom(const Shape& x, const Shape& w, const Shape& y, const Attrs& 
     }
   }
   return g;
-}
-
-int to_int(int64_t v, const char* op) {
-  if (v < 0 || v > INT_MAX) throw Error(std::string(op) + ": a size past cuDNN's 32-bit limit: " + std::to_string(v));
-  return static_cast<int>(v);
-}
-
-cudnnDataType_t dnn_type(DType t, const char* op) {
-  if (t == DType::float32) return CUDNN_DATA_FLOAT;
-  if (t == DType::float64) return CUDNN_DATA_DOUBLE;
-  throw Error(std::string(op) + ": dtype " + dtype_name(t) + " is not supported");
-}
-
-// (N, channels, spatial...) contiguous.
-void set_tensor(cudnnTensorDescriptor_t d, cudnnDataType_t t, int64_t n, int64_t channels, const int64_t* spatial,
-                int nd, const char* op) {
-  int dims[5], strides[5];
-  dims[0] = to_int(n, op), dims[1] = to_int(channels, op);
-  for (int j = 0; j < nd; ++j) dims[2 + j] = to_int(spatial[j], op);
-  int64_t s = 1;
-  for (int j = nd + 1; j >= 0; --j) strides[j] = to_int(s, op), s *= dims[j];
-  check_dnn(cudnnSetTensorNdDescriptor(d, t, nd + 2, dims, strides), op, "cudnnSetTensorNdDescriptor");
 }
 
 struct Plan {

@@ -1,10 +1,16 @@
 // CUDA kernels of the nn ops (cpp/src/ops/nn.cpp defines the ops and their CPU kernels): batch norm and softmax
-// cross-entropy with their gradients, by the CPU's formulas. Dropout draws random numbers: it is in random.cu.
+// cross-entropy with their gradients, by the CPU's formulas. Batch norm in a training function goes to cuDNN where
+// cuDNN takes it; kiln's kernels do inference, and what cuDNN refuses (eps under CUDNN_BN_MIN_EPSILON). Dropout draws
+// random numbers: it is in random.cu.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "common.cuh"
+#ifdef KILN_WITH_CUDNN
+#include "cudnn.cuh"
+#endif
 
 namespace kiln::cuda {
 namespace {
@@ -307,6 +313,65 @@ void batch_norm_grad_typed(const KernelContext& c) {
   check_launch("batch_norm_grad");
 }
 
+#ifdef KILN_WITH_CUDNN
+// Batch statistics through cuDNN (spatial mode, (N, C, H*W, 1)). cuDNN's training pass also keeps the running
+// statistics (the variance unbiased, as kiln's) and saves the mean and 1/sqrt(var + eps) that its backward pass
+// and kiln's both take. KILN_CUDNN_BATCH_NORM=0 turns it off, for measuring one against the other.
+bool cudnn_batch_norm(const KernelContext& c, double eps) {
+  const char* off = std::getenv("KILN_CUDNN_BATCH_NORM");  // read each call: a benchmark switches it
+  return !(off && std::string(off) == "0") && c.training && eps >= CUDNN_BN_MIN_EPSILON;
+}
+
+struct BnDescs {
+  TensorDesc x, stats;
+  BnDescs(const Shape& shape, DType dtype, const char* op) : x(op), stats(op) {
+    int64_t s = 1;
+    for (int i = 2; i < shape.rank(); ++i) s *= shape[i];
+    const int64_t spatial[2] = {s, 1};
+    set_tensor(x.d, dnn_type(dtype, op), shape[0], shape[1], spatial, 2, op);
+    check_dnn(cudnnDeriveBNTensorDescriptor(stats.d, x.d, CUDNN_BATCHNORM_SPATIAL), op,
+              "cudnnDeriveBNTensorDescriptor");
+  }
+};
+
+// cuDNN's scaling factors: double for double data, float otherwise.
+struct Scale {
+  float f;
+  double d;
+  const void* of(DType t) const { return t == DType::float64 ? static_cast<const void*>(&d) : &f; }
+};
+constexpr Scale kOne{1, 1}, kZero{0, 0};
+
+void batch_norm_cudnn(const KernelContext& c) {
+  const Tensor& x = c.input(0);
+  const BnDescs dd(x.shape(), x.dtype(), "batch_norm");
+  // cuDNN updates the running statistics in place: outputs 1 and 2 start as their old values.
+  for (int i = 1; i <= 2; ++i)
+    if (c.output(i).raw() != c.input(i + 2).raw())
+      check(cudaMemcpyAsync(c.output(i).raw(), c.input(i + 2).raw(), c.output(i).nbytes(), cudaMemcpyDeviceToDevice,
+                            stream()),
+            "batch_norm");
+  check_dnn(cudnnBatchNormalizationForwardTraining(
+                handle("batch_norm"), CUDNN_BATCHNORM_SPATIAL, kOne.of(x.dtype()), kZero.of(x.dtype()), dd.x.d, x.raw(),
+                dd.x.d, c.output(0).raw(), dd.stats.d, c.input(1).raw(), c.input(2).raw(), c.attrs.f("momentum"),
+                c.output(1).raw(), c.output(2).raw(), c.attrs.f("eps"), c.output(3).raw(), c.output(4).raw()),
+            "batch_norm", "cudnnBatchNormalizationForwardTraining");
+}
+
+// inputs: g, x, gamma, mean, invstd; outputs: dx, dgamma, dbeta. With the saved statistics given, cuDNN does not
+// read eps.
+void batch_norm_grad_cudnn(const KernelContext& c) {
+  const Tensor& x = c.input(1);
+  const BnDescs dd(x.shape(), x.dtype(), "batch_norm_grad");
+  const void *one = kOne.of(x.dtype()), *zero = kZero.of(x.dtype());
+  check_dnn(cudnnBatchNormalizationBackward(handle("batch_norm_grad"), CUDNN_BATCHNORM_SPATIAL, one, zero, one, zero,
+                                            dd.x.d, x.raw(), dd.x.d, c.input(0).raw(), dd.x.d, c.output(0).raw(),
+                                            dd.stats.d, c.input(2).raw(), c.output(1).raw(), c.output(2).raw(),
+                                            CUDNN_BN_MIN_EPSILON, c.input(3).raw(), c.input(4).raw()),
+            "batch_norm_grad", "cudnnBatchNormalizationBackward");
+}
+#endif
+
 // ---- softmax cross-entropy over the last axis of (N, C) logits: one block per row ----
 // A label outside [0, C) that is not ignore_index cannot throw here as on the CPU (that would need a copy to the
 // host): its loss, weight and gradient row are NaN instead, so the error still shows.
@@ -430,9 +495,17 @@ void ce_grad_typed(const KernelContext& c) {
 
 void register_nn_kernels(OpRegistry& r) {
   r.set_cuda_kernel("batch_norm", [](const KernelContext& c) {
+#ifdef KILN_WITH_CUDNN
+    if (cudnn_batch_norm(c, c.attrs.f("eps")) && c.input(0).numel() / c.input(0).shape()[1] > 1)
+      return batch_norm_cudnn(c);
+#endif
     KILN_DISPATCH_FLOAT(c.input(0).dtype(), "batch_norm", batch_norm_typed<scalar_t>(c));
   });
   r.set_cuda_kernel("batch_norm_grad", [](const KernelContext& c) {
+#ifdef KILN_WITH_CUDNN
+    // The op has no eps: the saved statistics stand for it.
+    if (cudnn_batch_norm(c, CUDNN_BN_MIN_EPSILON) && c.input(1).numel() > 0) return batch_norm_grad_cudnn(c);
+#endif
     KILN_DISPATCH_FLOAT(c.input(1).dtype(), "batch_norm_grad", batch_norm_grad_typed<scalar_t>(c));
   });
   r.set_cuda_kernel("softmax_cross_entropy", [](const KernelContext& c) {

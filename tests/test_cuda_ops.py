@@ -88,6 +88,38 @@ def test_device_argument_is_checked():
 
 
 @needs_device
+@pytest.mark.parametrize("backend", ["cudnn", "kiln"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, eps", [((8, 4, 5, 5), 1e-5), ((6, 3), 0.1), ((4, 2, 3, 2, 2), 1e-3)])
+def test_training_batch_norm_matches_the_cpu(monkeypatch, backend, dtype, shape, eps):
+    """Batch norm in training steps runs on cuDNN by default; KILN_CUDNN_BATCH_NORM=0 gives kiln's kernels."""
+    if backend == "kiln":
+        monkeypatch.setenv("KILN_CUDNN_BATCH_NORM", "0")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    c = shape[1]
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    seed = rng.standard_normal(shape).astype(dtype)
+    X = kn.input("x", shape, dtype)
+    G, B = kn.Parameter(gamma, name="g", dtype=dtype), kn.Parameter(beta, name="b", dtype=dtype)
+    M = kn.Parameter(rm, name="m", dtype=dtype, trainable=False)
+    V = kn.Parameter(rv, name="v", dtype=dtype, trainable=False)
+    y = kn.batch_norm(X, M, V, G, B, eps=eps, momentum=0.3)
+    outs = [y, *kn.grad(kn.sum(y * kn.constant(seed, dtype=dtype)), [X, G, B])]
+
+    def run(device: str) -> list[np.ndarray]:  # the output, its gradients, the new running statistics
+        M.assign(rm), V.assign(rv)
+        return [*kn.function([X], outs, device=device)(x), M.numpy(), V.numpy()]
+
+    want, got = run("cpu"), run("cuda")
+    assert not np.allclose(want[-1], rv)  # the step moved the running variance
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+@needs_device
 @pytest.mark.parametrize("draw", ["uniform", "normal", "dropout"])
 def test_random_draws_equal_the_cpu(draw):
     x = kn.input("x", (64, 1000))
