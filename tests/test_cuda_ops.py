@@ -92,9 +92,11 @@ def test_device_argument_is_checked():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape, eps", [((8, 4, 5, 5), 1e-5), ((6, 3), 0.1), ((4, 2, 3, 2, 2), 1e-3)])
 def test_training_batch_norm_matches_the_cpu(monkeypatch, backend, dtype, shape, eps):
-    """Batch norm in training steps runs on cuDNN by default; KILN_CUDNN_BATCH_NORM=0 gives kiln's kernels."""
-    if backend == "kiln":
-        monkeypatch.setenv("KILN_CUDNN_BATCH_NORM", "0")
+    """Batch norm in training steps runs on kiln's kernels, or on cuDNN's with KILN_CUDNN_BATCH_NORM=1."""
+    if backend == "cudnn":
+        monkeypatch.setenv("KILN_CUDNN_BATCH_NORM", "1")
+    else:
+        monkeypatch.delenv("KILN_CUDNN_BATCH_NORM", raising=False)
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     c = shape[1]
