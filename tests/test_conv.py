@@ -396,6 +396,44 @@ def test_direct_float32_conv_matches_numpy(case):
     )
 
 
+# float32 forward with the filters in the lanes (conv_lanes.cpp: blocks of 7 pixels x 32 filters):
+# every stride above 1, and stride 1 where rows of 7, 14, ... pixels would leave the direct kernel's
+# vectors part empty. Cases cover rows that end in a short block (20 = 7 + 7 + 6), a filter block
+# past the last filter (K = 40), 1x1 layers read in place (no padding), uneven strides and stride 3
+# (the stride not a compile-time constant), dilation, 1-D, one sample (rows spread over threads)
+# and more samples than threads (a sample per thread).
+LANES_CASES = {
+    "7x7 stride 2 stem, 3 channels": ((1, 3, 40, 40), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    "3x3 stride 2, K = 40, five samples": ((5, 16, 15, 15), (40, 16, 3, 3), dict(stride=2, padding=1)),
+    "1x1 stride 2, read in place": ((3, 24, 14, 14), (32, 24, 1, 1), dict(stride=2)),
+    "strides (1, 2)": ((2, 8, 17, 19), (32, 8, 3, 3), dict(stride=(1, 2), padding=(2, 0))),
+    "strides (2, 3), dilation 2": ((2, 8, 17, 23), (32, 8, 3, 3), dict(stride=(2, 3), padding=2, dilation=2)),
+    "1-d stride 2": ((3, 6, 50), (32, 6, 5), dict(stride=2, padding=2)),
+    "stride 1, rows of 14": ((2, 16, 14, 14), (32, 16, 3, 3), dict(padding=1)),
+    "stride 1, one 7x7 sample": ((1, 32, 7, 7), (64, 32, 3, 3), dict(padding=1)),
+}
+
+
+@pytest.mark.parametrize("case", list(LANES_CASES))
+def test_filter_lane_float32_conv_matches_numpy(case):
+    x_shape, w_shape, kw = LANES_CASES[case]
+    rng = np.random.default_rng(2)
+    xv, wv, bv = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape, (w_shape[0],)))
+    conv = kn.conv1d if len(x_shape) == 3 else kn.conv2d
+    x, w, b = kn.input("x", x_shape), kn.input("w", w_shape), kn.input("b", bv.shape)
+    y = kn.function([x, w, b], conv(x, w, b, **kw))(xv, wv, bv)  # a training function: packed on each call
+    ref = np_conv(xv.astype(np.float64), wv.astype(np.float64), bv.astype(np.float64), **kw)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    # Inference with weights in a variable (packed once, kept until written) and the ReLU fused.
+    W = kn.Parameter(wv, name="w_var")
+    predict = kn.function([x], kn.relu(conv(x, W, kn.constant(bv), **kw)), training=False)
+    for _ in range(2):
+        np.testing.assert_allclose(predict(xv), np.maximum(ref, 0), rtol=1e-4, atol=1e-4)
+    W.assign(-wv)
+    ref_neg = np_conv(xv.astype(np.float64), -wv.astype(np.float64), bv.astype(np.float64), **kw)
+    np.testing.assert_allclose(predict(xv), np.maximum(ref_neg, 0), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("padding", [0, 1])
 def test_direct_float32_transposed_conv_matches_numpy(padding):
     """conv_transpose2d with stride 1 runs the direct kernel as its forward."""

@@ -315,6 +315,7 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size
 
 // The scratch memory of the algorithm the kernels will pick (in the same order).
 size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
+  if (dtype == DType::float32 && pass == Pass::forward && lanes_applies(g)) return lanes_workspace(g);
   if (dtype == DType::float32 && direct_applies(g, pass)) return direct_workspace(g, pass);
   const size_t elem = dtype_size(dtype);
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
@@ -325,12 +326,15 @@ void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
   const bool relu = c.attrs.i("relu", 0) != 0;
-  if (x.dtype() == DType::float32 && direct_applies(g, Pass::forward))  // applies the ReLU as it stores
+  const bool lanes = lanes_applies(g);
+  if (x.dtype() == DType::float32 &&
+      (lanes || direct_applies(g, Pass::forward))) {  // these apply the ReLU as they store
     // inference functions keep variables' packed weights; a training step changes them every call
-    return direct_forward(g, x.data<float>(), w.data<float>(),
-                          !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0,
-                          c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu, c.output(0).data<float>(),
-                          static_cast<float*>(c.workspace), c.workspace_bytes);
+    const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
+    return (lanes ? lanes_forward : direct_forward)(
+        g, x.data<float>(), w.data<float>(), stamp, c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu,
+        c.output(0).data<float>(), static_cast<float*>(c.workspace), c.workspace_bytes);
+  }
   KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
     scalar_t* y = c.output(0).data<scalar_t>();
     conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),

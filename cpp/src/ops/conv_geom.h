@@ -82,4 +82,11 @@ void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_st
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes);
 
+// Direct convolution with the filters in the lanes (conv_lanes.cpp): float32, 1-D and 2-D, one group,
+// strides above 1, and stride 1 where it wastes fewer lanes than the direct kernels; the forward only.
+bool lanes_applies(const Geom& g);
+size_t lanes_workspace(const Geom& g);
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
+                   float* out, float* ws, size_t ws_bytes);
+
 }  // namespace kiln::conv

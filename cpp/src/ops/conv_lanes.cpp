@@ -1,0 +1,233 @@
+// Direct convolution with the filters in the lanes, for strided float32 convolutions (1-D and 2-D,
+// one group): a vector holds one output pixel of 16 filters, and a register block of 7 pixels x 32
+// filters (14 accumulators) multiplies each input value, broadcast, by two weight vectors: MLAS's
+// NCHWc loop, with NCHW tensors. The pixel-lane kernels of conv_direct.cpp need unit stride (their
+// vectors are 16 neighbouring outputs, which a stride would turn into a gather); this takes the
+// stride-2 layers of a ResNet (the 7x7 stem, the 3x3 and 1x1 downsampling layers), which im2col +
+// GEMM ran at half the machine's rate. The output is stored transposed from the block, one float
+// at a time, which costs little beside the K multiply-adds behind each output. Forward only.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "cpu/weight_cache.h"
+#include "ops/conv_geom.h"
+
+namespace kiln::conv {
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+constexpr int64_t kFilters = 2 * kLanes;  // filters per register block
+constexpr int kPixels = 7;  // output pixels per register block: rows of 7, 14, 28, 56 and 112 split evenly
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+
+struct Lanes {
+  int64_t n, c, h, w, k, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl;
+  // The padded input holds what the outputs read: hp rows of wp, x at (pt, pl).
+  int64_t hp() const { return (oh - 1) * sh + (kh - 1) * dh + 1; }
+  int64_t wp() const { return (ow - 1) * sw + (kw - 1) * dw + 1; }
+  int64_t plane() const { return hp() * wp(); }
+  int64_t padded() const { return c * plane(); }
+  int64_t taps() const { return kh * kw; }
+  int64_t blocks() const { return (k + kFilters - 1) / kFilters; }
+  int64_t block_elems() const { return c * taps() * kFilters; }
+  int64_t packed() const { return blocks() * block_elems(); }
+};
+
+Lanes lanes_of(const Geom& g) {
+  return Lanes{g.n,      g.c,         g.in[1],     g.in[2],  g.k,      g.out[1], g.out[2], g.ker[1],
+               g.ker[2], g.stride[1], g.stride[2], g.dil[1], g.dil[2], g.pad[1], g.pad[2]};
+}
+
+// packed[block][c][tap][32]: a block's 32 filters side by side, zero past the last filter.
+void pack(const Lanes& d, const float* w, float* packed) {
+  const int64_t T = d.taps(), C = d.c;
+  cpu::parallel_for(d.blocks(), 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      float* out = packed + b * d.block_elems();
+      std::fill(out, out + d.block_elems(), 0.f);
+      for (int64_t f = 0; f < std::min(kFilters, d.k - b * kFilters); ++f)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t t = 0; t < T; ++t) out[(c * T + t) * kFilters + f] = w[((b * kFilters + f) * C + c) * T + t];
+    }
+  });
+}
+
+// One sample's input, zero-padded: buf[c][hp][wp].
+void pad_sample(const Lanes& d, const float* x, float* buf) {
+  const int64_t hp = d.hp(), wp = d.wp(), lo = std::min(d.pl, wp), len = std::max<int64_t>(0, std::min(d.w, wp - d.pl));
+  cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = 0; i < hp; ++i) {
+        float* row = buf + (c * hp + i) * wp;
+        const int64_t src = i - d.pt;
+        if (src < 0 || src >= d.h) {
+          std::fill(row, row + wp, 0.f);
+          continue;
+        }
+        std::fill(row, row + lo, 0.f);
+        std::memcpy(row + lo, x + (c * d.h + src) * d.w, len * sizeof(float));
+        std::fill(row + lo + len, row + wp, 0.f);
+      }
+  });
+}
+
+// A sample's input as the blocks read it: the padded copy, or x itself where no padding is read.
+struct Src {
+  const float* x;
+  int64_t pitch, plane;  // floats between rows, and between channels
+};
+
+// out[j][f] = sum over (c, tap) of the padded input under output pixel (oh, ow0 + j) times filter f of
+// the block, for NP pixels; S, the column stride, is a constant where it is 2 (0: d.sw).
+template <int NP, int S>
+void block(const Lanes& d, const Src& xs, const float* wb, int64_t oh, int64_t ow0, float (*out)[kFilters]) {
+  const int64_t sw = S ? S : d.sw, wp = xs.pitch, plane = xs.plane, T = d.taps();
+  v16 acc[NP][2];
+#pragma GCC unroll 8
+  for (int j = 0; j < NP; ++j) acc[j][0] = acc[j][1] = splat(0.f);
+  const float* x0 = xs.x + oh * d.sh * wp + ow0 * sw;
+  for (int64_t c = 0; c < d.c; ++c) {
+    for (int64_t a = 0; a < d.kh; ++a) {
+      const float* xr = x0 + c * plane + a * d.dh * wp;
+      const float* wr = wb + (c * T + a * d.kw) * kFilters;
+      for (int64_t b = 0; b < d.kw; ++b) {
+        const v16 w0 = load(wr + b * kFilters), w1 = load(wr + b * kFilters + kLanes);
+        const float* xb = xr + b * d.dw;
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; ++j) {
+          const v16 s = splat(xb[j * sw]);
+          acc[j][0] += s * w0;
+          acc[j][1] += s * w1;
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NP; ++j) {
+    std::memcpy(out[j], &acc[j][0], sizeof(v16));
+    std::memcpy(out[j] + kLanes, &acc[j][1], sizeof(v16));
+  }
+}
+
+// Output row oh of filter blocks [b0, b1): each block of pixels runs against every filter block while its
+// input is in L1; the weights stream from L2.
+template <int S>
+void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, int64_t b0, int64_t b1,
+                const float* bias, bool relu, float* y) {
+  const int64_t P = d.oh * d.ow;
+  float out[kPixels][kFilters];
+  for (int64_t ow0 = 0; ow0 < d.ow; ow0 += kPixels) {
+    const int np = static_cast<int>(std::min<int64_t>(kPixels, d.ow - ow0));
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* wb = packed + b * d.block_elems();
+      switch (np) {
+        case 7:
+          block<7, S>(d, xs, wb, oh, ow0, out);
+          break;
+        case 6:
+          block<6, S>(d, xs, wb, oh, ow0, out);
+          break;
+        case 5:
+          block<5, S>(d, xs, wb, oh, ow0, out);
+          break;
+        case 4:
+          block<4, S>(d, xs, wb, oh, ow0, out);
+          break;
+        case 3:
+          block<3, S>(d, xs, wb, oh, ow0, out);
+          break;
+        case 2:
+          block<2, S>(d, xs, wb, oh, ow0, out);
+          break;
+        default:
+          block<1, S>(d, xs, wb, oh, ow0, out);
+          break;
+      }
+      const int64_t k0 = b * kFilters, nk = std::min(kFilters, d.k - k0);
+      for (int64_t f = 0; f < nk; ++f) {
+        float* yf = y + (k0 + f) * P + oh * d.ow + ow0;
+        const float bf = bias ? bias[k0 + f] : 0.f;
+        for (int j = 0; j < np; ++j) {
+          const float v = out[j][f] + bf;
+          yf[j] = relu && v < 0 ? 0.f : v;
+        }
+      }
+    }
+  }
+}
+
+// Whether the outputs read no padding: then the blocks read x in place.
+bool reads_no_padding(const Lanes& d) { return d.pt == 0 && d.pl == 0 && d.hp() <= d.h && d.wp() <= d.w; }
+
+}  // namespace
+
+bool lanes_applies(const Geom& g) {
+  if (g.groups != 1 || g.ker[0] != 1 || g.in[0] != 1 || g.out[1] <= 0 || g.out[2] <= 0) return false;
+  if (g.stride[1] > 1 || g.stride[2] > 1) return true;
+  // Stride 1 as well where conv_direct.cpp's vectors of 16 pixels would leave lanes empty (rows of 7, 14, 28 or
+  // 56 fill 7/8 of them) and the filters fill whole blocks: ResNet's layers at 224x224 ran 10-20% faster so.
+  const int64_t ow = g.out[2];
+  const bool pixel_lanes_full = ow % 16 == 0 || ow == 8 || ow == 4 || ow == 2;
+  return !pixel_lanes_full && g.k % kFilters == 0 && g.c * g.kk() >= 64;
+}
+
+// The packed weights (unless cached), then one padded sample per thread unless no padding is read.
+size_t lanes_workspace(const Geom& g) {
+  const Lanes d = lanes_of(g);
+  const int64_t pads = reads_no_padding(d) ? 0 : d.padded() * cpu::num_threads();
+  return static_cast<size_t>(d.packed() + pads) * sizeof(float);
+}
+
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
+                   float* y, float* ws, size_t ws_bytes) {
+  const Lanes d = lanes_of(g);
+  const float* packed = ws;
+  cpu::Derived cached;
+  if (w_stamp) {  // a variable's weights in an inference call: packed once
+    cached = cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, d.taps(), -kFilters},
+                                  static_cast<size_t>(d.packed()), [&](float* out) { pack(d, w, out); });
+    packed = cached->data();
+  } else {
+    pack(d, w, ws);
+  }
+  // Tasks: an output row and up to 4 filter blocks, so that rows of few pixels still make enough of them.
+  constexpr int64_t kBlocksPerTask = 4;
+  const int64_t groups = (d.blocks() + kBlocksPerTask - 1) / kBlocksPerTask;
+  const bool padding = !reads_no_padding(d);
+  const int64_t slots = padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : d.n;
+  // A batch of at least a sample per thread: each thread takes whole samples. Fewer: the rows of each sample
+  // spread over the pool.
+  const int64_t parts = d.n >= cpu::num_threads() ? std::min(slots, int64_t(cpu::num_threads())) : 1;
+  run_parts(parts, [&](int64_t part) {
+    float* buf = ws + d.packed() + part * d.padded();
+    for (int64_t n = d.n * part / parts; n < d.n * (part + 1) / parts; ++n) {
+      const float* xn = x + n * d.c * d.h * d.w;
+      Src xs{xn, d.w, d.h * d.w};
+      if (padding) {
+        pad_sample(d, xn, buf);
+        xs = Src{buf, d.wp(), d.plane()};
+      }
+      float* yn = y + n * d.k * d.oh * d.ow;
+      cpu::parallel_for(d.oh * groups, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t oh = r / groups, b0 = r % groups * kBlocksPerTask;
+          const int64_t b1 = std::min(d.blocks(), b0 + kBlocksPerTask);
+          if (d.sw == 2)
+            row_blocks<2>(d, xs, packed, oh, b0, b1, bias, relu, yn);
+          else
+            row_blocks<0>(d, xs, packed, oh, b0, b1, bias, relu, yn);
+        }
+      });
+    }
+  });
+}
+
+}  // namespace kiln::conv
