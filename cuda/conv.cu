@@ -261,37 +261,57 @@ void run(Pass pass, const ConvGeom& g, DType dt, const char* op, const void* a, 
               op, "cudnnConvolutionBackwardFilter");
 }
 
-// y + bias[channel], then max(0, y) as the CPU writes it (y > 0 ? y : 0: a NaN becomes 0).
+// A batch norm folded into the convolution by the compiler (attribute bn_eps): its statistics.
+template <class T>
+struct FoldedBn {
+  const T *gamma = nullptr, *beta = nullptr, *mean = nullptr, *var = nullptr;
+  double eps = 0;
+};
+
+// y + bias[channel], then a folded batch norm, (y - mean) * gamma / sqrt(var + eps) + beta, then max(0, y) as the
+// CPU writes it (y > 0 ? y : 0: a NaN becomes 0).
 template <class T, class Idx>
-__global__ void bias_relu_kernel(int64_t n, int64_t P, int64_t K, T* __restrict__ y, const T* __restrict__ bias,
-                                 bool relu) {
+__global__ void epilogue_kernel(int64_t n, int64_t P, int64_t K, T* __restrict__ y, const T* __restrict__ bias,
+                                FoldedBn<T> bn, bool relu) {
   KILN_GRID_LOOP(i, n) {
+    const Idx k = (static_cast<Idx>(i) / static_cast<Idx>(P)) % static_cast<Idx>(K);
     T v = y[i];
-    if (bias) v += bias[(static_cast<Idx>(i) / static_cast<Idx>(P)) % static_cast<Idx>(K)];
+    if (bias) v += bias[k];
+    if (bn.gamma) v = (v - bn.mean[k]) * T(double(bn.gamma[k]) / sqrt(double(bn.var[k]) + bn.eps)) + bn.beta[k];
     if (relu) v = v > T(0) ? v : T(0);
     y[i] = v;
   }
 }
 
-void bias_relu(Tensor& y, const Tensor* bias, bool relu, const char* op) {
+// The epilogue of conv (bias at input 2 if any, a folded batch norm's statistics as its last four inputs) and of
+// conv_transpose (bias only).
+void epilogue(const KernelContext& c, Tensor& y, bool fused, const char* op) {
+  const bool bn = fused && c.attrs.has("bn_eps"), relu = fused && c.attrs.i("relu", 0) != 0;
+  const Tensor* bias = c.n_in - (bn ? 4 : 0) > 2 ? &c.input(2) : nullptr;
   const int64_t n = y.numel();
-  if ((!bias && !relu) || n == 0) return;
+  if ((!bias && !bn && !relu) || n == 0) return;
   const int64_t K = y.shape()[1], P = n / (y.shape()[0] * K);
   KILN_DISPATCH_FLOAT(y.dtype(), op, {
     const scalar_t* b = bias ? bias->data<scalar_t>() : nullptr;
+    FoldedBn<scalar_t> f;
+    if (bn) {
+      const int at = c.n_in - 4;
+      f = {c.input(at).data<scalar_t>(), c.input(at + 1).data<scalar_t>(), c.input(at + 2).data<scalar_t>(),
+           c.input(at + 3).data<scalar_t>(), c.attrs.f("bn_eps")};
+    }
     if (n <= INT_MAX)  // 32-bit division where it will do: several times cheaper than 64-bit
-      bias_relu_kernel<scalar_t, int32_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, relu);
+      epilogue_kernel<scalar_t, int32_t>
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, relu);
     else
-      bias_relu_kernel<scalar_t, int64_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, relu);
+      epilogue_kernel<scalar_t, int64_t>
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, relu);
   });
   check_launch(op);
 }
 
 void zero_fill(Tensor& t, const char* op) { check(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()), op); }
 
-// conv(x, w[, b]) -> y, with the attribute relu fused by the compiler.
+// conv(x, w[, b]) -> y, with the ReLU and batch norm the compiler may have fused.
 void conv(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Tensor& y = c.output(0);
@@ -301,7 +321,7 @@ void conv(const KernelContext& c) {
     zero_fill(y, "conv");
   else
     run(Pass::forward, g, x.dtype(), "conv", x.raw(), w.raw(), y.raw());
-  bias_relu(y, c.n_in > 2 ? &c.input(2) : nullptr, c.attrs.i("relu", 0) != 0, "conv");
+  epilogue(c, y, true, "conv");
 }
 
 // conv_input_grad(gy, w, x_ref) -> dx
@@ -327,7 +347,7 @@ void conv_transpose(const KernelContext& c) {
     zero_fill(y, "conv_transpose");
   else
     run(Pass::input_grad, g, x.dtype(), "conv_transpose", x.raw(), w.raw(), y.raw());
-  bias_relu(y, c.n_in > 2 ? &c.input(2) : nullptr, false, "conv_transpose");
+  epilogue(c, y, false, "conv_transpose");
 }
 
 // conv_weight_grad(gy, x, w_ref) -> dw

@@ -756,7 +756,9 @@ def test_max_pool_ties_and_nans_on_wide_rows(dtype, window):
 
 
 @pytest.mark.parametrize(
-    "dtype, stride", [("float32", 1), ("float32", 2), ("float64", 1)], ids=["direct", "im2col", "float64"]
+    "dtype, stride",
+    [("float32", 1), ("float32", 2), ("float64", 1)],
+    ids=["direct", "filter lanes", "float64"],
 )
 def test_inference_fuses_relu_into_the_convolution(dtype, stride):
     """conv -> relu compiles to one node in an inference function (the convolution applies the ReLU
@@ -790,6 +792,63 @@ def test_inference_fuses_relu_into_the_convolution(dtype, stride):
     (gw,) = kn.grad(loss, [x])
     step = kn.function([x], [loss, gw])
     np.testing.assert_allclose(step(xv)[0], ref.sum(), rtol=tol)
+
+
+@pytest.mark.parametrize(
+    "dtype, stride, width, bias",
+    [
+        ("float32", 1, 16, True),
+        ("float32", 2, 20, False),
+        ("float32", 1, 14, False),
+        ("float64", 2, 20, True),
+    ],
+    ids=["direct kernel", "filter lanes", "filter lanes, stride 1", "float64 im2col"],
+)
+def test_inference_folds_batch_norm_into_the_convolution(tmp_path, dtype, stride, width, bias):
+    """conv -> batch_norm (-> relu) compiles to one convolution in an inference function, which
+    scales and shifts each filter's output by the running statistics as it stores it; the values
+    are numpy's. The statistics are read on every call (an assign is seen); a training step, which
+    normalises by the batch, keeps the batch norm."""
+    rng = np.random.default_rng(5)
+    k = 32
+    xv = rng.standard_normal((2, 4, width, width)).astype(dtype)
+    wv = rng.standard_normal((k, 4, 3, 3)).astype(dtype)
+    bv = rng.standard_normal(k).astype(dtype) if bias else None
+    gamma, beta = rng.standard_normal(k).astype(dtype), rng.standard_normal(k).astype(dtype)
+    mean, var = rng.standard_normal(k).astype(dtype), rng.uniform(0.5, 2, k).astype(dtype)
+    x = kn.input("x", xv.shape, dtype)
+    G, B = kn.Parameter(gamma, name="g", dtype=dtype), kn.Parameter(beta, name="b", dtype=dtype)
+    M = kn.Parameter(mean, name="m", dtype=dtype, trainable=False)
+    V = kn.Parameter(var, name="v", dtype=dtype, trainable=False)
+    conv = kn.conv2d(
+        x,
+        kn.constant(wv, dtype=dtype),
+        None if bv is None else kn.constant(bv, dtype=dtype),
+        stride=stride,
+        padding=1,
+    )
+    y = kn.relu(kn.batch_norm(conv, M, V, G, B, eps=1e-3))
+    folded = kn.function([x], y, training=False)
+    assert "batch_norm" not in str(folded) and "bn_eps" in str(folded)
+    kept = kn.function([x], [y, conv], training=False)  # the conv output read twice: nothing folds
+    assert "batch_norm" in str(kept)
+
+    def ref(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+        c = np_conv(xv.astype(np.float64), wv.astype(np.float64), None if bv is None else bv.astype(np.float64),
+                    stride=stride, padding=1)  # fmt: skip
+        shape = (1, k, 1, 1)
+        return np.maximum((c - m.reshape(shape)) / np.sqrt(v.reshape(shape) + 1e-3) * gamma.reshape(shape)
+                          + beta.reshape(shape), 0)  # fmt: skip
+
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(folded(xv), ref(mean, var), rtol=tol, atol=tol)
+    np.testing.assert_allclose(kept(xv)[0], ref(mean, var), rtol=tol, atol=tol)
+    V.assign(var * 4)
+    np.testing.assert_allclose(folded(xv), ref(mean, var * 4), rtol=tol, atol=tol)
+    kn.save(tmp_path / "folded.kiln", folded, name="predict")  # the file holds the folded program
+    np.testing.assert_allclose(kn.load(tmp_path / "folded.kiln")(xv), ref(mean, var * 4), rtol=tol, atol=tol)
+    step = kn.function([x], kn.sum(y))  # training: the batch's statistics
+    assert "batch_norm" in str(step)
 
 
 def test_inference_sees_weights_written_since_its_last_call():

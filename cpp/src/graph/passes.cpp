@@ -104,10 +104,8 @@ void merge_common(Program& p) {
   for (auto& u : p.updates) u.second.node = canon[u.second.node];
 }
 
-// conv -> relu where the convolution's output feeds nothing else: the convolution applies the ReLU
-// as it stores its result (one pass over the activations fewer). In a training step the output
-// also feeds relu's gradient, so this fuses in inference programs.
-void fuse_conv_relu(Program& p) {
+// How many readers each output of each node has (other nodes, the function's outputs, its updates).
+std::vector<std::vector<int>> count_uses(const Program& p) {
   std::vector<std::vector<int>> uses(p.nodes.size());
   for (size_t id = 0; id < p.nodes.size(); ++id) {
     uses[id].assign(p.nodes[id].outputs.size(), 0);
@@ -115,22 +113,62 @@ void fuse_conv_relu(Program& p) {
   }
   for (const Edge& e : p.outputs) ++uses[e.node][e.index];
   for (auto& u : p.updates) ++uses[u.second.node][u.second.index];
+  return uses;
+}
+
+// Replaces, in every node that `pick` accepts (visited in order), output 0 of some node with the
+// edge the pick returns for it: redirect[node] = that edge. The function's outputs and updates follow.
+template <class Pick>
+void fuse_into_producer(Program& p, Pick pick) {
   std::vector<Edge> redirect(p.nodes.size(), Edge{});
   for (size_t id = 0; id < p.nodes.size(); ++id) {
-    ProgramNode& n = p.nodes[id];
-    for (Edge& e : n.inputs)
+    for (Edge& e : p.nodes[id].inputs)
       if (redirect[e.node].valid() && e.index == 0) e = redirect[e.node];
-    if (!is_op(n, "relu")) continue;
-    const Edge in = n.inputs[0];
-    ProgramNode& c = p.nodes[in.node];
-    if (!is_op(c, "conv") || c.attrs.i("relu", 0) || uses[in.node][0] != 1) continue;
-    c.attrs.set("relu", int64_t{1});
-    redirect[id] = in;  // relu's consumers now read the convolution; dead-code removes relu
+    redirect[id] = pick(id);
   }
   for (Edge& e : p.outputs)
-    if (redirect[e.node].valid()) e = redirect[e.node];
+    if (redirect[e.node].valid() && e.index == 0) e = redirect[e.node];
   for (auto& u : p.updates)
-    if (redirect[u.second.node].valid()) u.second = redirect[u.second.node];
+    if (redirect[u.second.node].valid() && u.second.index == 0) u.second = redirect[u.second.node];
+}
+
+// conv -> batch_norm in an inference program, where only the normalised output is read: the
+// convolution takes the four statistics as inputs (attribute bn_eps) and scales and shifts each
+// filter's output as it stores it, one pass over the activations fewer (ONNX Runtime folds the
+// statistics into the weights once; kiln's are variables, read on every call).
+void fold_batch_norm_into_conv(Program& p) {
+  if (p.training) return;  // a training step normalises by the batch's statistics
+  const auto uses = count_uses(p);
+  fuse_into_producer(p, [&](size_t id) {
+    ProgramNode& n = p.nodes[id];
+    if (!is_op(n, "batch_norm") || n.inputs.size() != 5) return Edge{};
+    for (int out = 1; out < 5; ++out)
+      if (uses[id][out]) return Edge{};
+    const Edge in = n.inputs[0];
+    ProgramNode& c = p.nodes[in.node];
+    if (!is_op(c, "conv") || c.attrs.has("bn_eps") || c.attrs.i("relu", 0) || uses[in.node][0] != 1) return Edge{};
+    for (int i = 1; i < 5; ++i)  // the convolution runs first: its new inputs must come before it
+      if (n.inputs[i].node >= in.node) return Edge{};
+    c.inputs.insert(c.inputs.end(), n.inputs.begin() + 1, n.inputs.end());
+    c.attrs.set("bn_eps", n.attrs.f("eps"));
+    return in;  // the batch norm's readers now read the convolution; dead-code removes the batch norm
+  });
+}
+
+// conv -> relu where the convolution's output feeds nothing else: the convolution applies the ReLU
+// as it stores its result (one pass over the activations fewer). In a training step the output
+// also feeds relu's gradient, so this fuses in inference programs.
+void fuse_conv_relu(Program& p) {
+  const auto uses = count_uses(p);
+  fuse_into_producer(p, [&](size_t id) {
+    ProgramNode& n = p.nodes[id];
+    if (!is_op(n, "relu")) return Edge{};
+    const Edge in = n.inputs[0];
+    ProgramNode& c = p.nodes[in.node];
+    if (!is_op(c, "conv") || c.attrs.i("relu", 0) || uses[in.node][0] != 1) return Edge{};
+    c.attrs.set("relu", int64_t{1});
+    return in;  // relu's consumers now read the convolution; dead-code removes relu
+  });
 }
 
 // matmul(permute(a) swapping the last two axes, b) -> matmul(a, b) with transpose_a flipped (and
@@ -257,6 +295,7 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
   }
   fold_constants(*p);
   merge_common(*p);
+  fold_batch_norm_into_conv(*p);
   fuse_conv_relu(*p);
   fold_transposes_into_matmul(*p);
   eliminate_dead(*p);

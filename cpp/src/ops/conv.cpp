@@ -3,6 +3,7 @@
 // padding (begin and end per dim), dilation, groups. Forward, input gradient (also the forward of
 // the transposed convolution) and weight gradient are im2col + BLAS GEMM over cache-sized tiles.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -321,29 +322,74 @@ size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
 }
 
-// conv(x, w[, b]) -> y; with the attribute relu (set by the compiler's fusion pass), max(0, y).
+// Bytes of the workspace that hold a folded batch norm's scale and shift, ahead of the algorithm's.
+size_t affine_bytes(const Attrs& a, int64_t k, DType dtype) {
+  return a.has("bn_eps") ? static_cast<size_t>((2 * k * dtype_size(dtype) + 63) / 64 * 64) : 0;
+}
+
+// y = y * scale[k] + shift[k] (either may be null), then max(0, y) if relu; y is (N, K, P).
+template <class T>
+void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T* shift, bool relu) {
+  if (!scale && !shift && !relu) return;
+  cpu::parallel_for(nk, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(P, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = y + r * P;
+      const T s = scale ? scale[r % k] : T(1), t = shift ? shift[r % k] : T(0);
+      for (int64_t i = 0; i < P; ++i) {
+        const T v = scale ? row[i] * s + t : row[i] + t;
+        row[i] = relu && !(v > 0) ? T(0) : v;
+      }
+    }
+  });
+}
+
+// The float32 direct kernels, which scale, shift and apply the ReLU as they store; false where neither applies.
+bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, bool relu, float* y,
+                    void* ws, size_t ws_bytes) {
+  const bool lanes = lanes_applies(g);
+  if (!lanes && !direct_applies(g, Pass::forward)) return false;
+  // inference functions keep variables' packed weights; a training step changes them every call
+  const Tensor& w = c.input(1);
+  const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
+  (lanes ? lanes_forward : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp, bias, scale, relu, y,
+                                           static_cast<float*>(ws), ws_bytes);
+  return true;
+}
+bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, bool, double*, void*, size_t) {
+  return false;
+}
+
+// conv(x, w[, b]) -> y. The compiler's fusion passes may add: the attribute relu (max(0, y)), and a
+// folded inference batch norm (attribute bn_eps, inputs gamma, beta, mean and var after the bias):
+// y = (conv + b - mean) * gamma / sqrt(var + eps) + beta, as batch_norm computes it, per filter.
 void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
-  const bool relu = c.attrs.i("relu", 0) != 0;
-  const bool lanes = lanes_applies(g);
-  if (x.dtype() == DType::float32 &&
-      (lanes || direct_applies(g, Pass::forward))) {  // these apply the ReLU as they store
-    // inference functions keep variables' packed weights; a training step changes them every call
-    const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
-    return (lanes ? lanes_forward : direct_forward)(
-        g, x.data<float>(), w.data<float>(), stamp, c.n_in > 2 ? c.input(2).data<float>() : nullptr, relu,
-        c.output(0).data<float>(), static_cast<float*>(c.workspace), c.workspace_bytes);
-  }
+  const bool relu = c.attrs.i("relu", 0) != 0, bn = c.attrs.has("bn_eps");
+  const int bn_at = c.n_in - 4;  // gamma's position when bn
+  const bool has_bias = c.n_in - (bn ? 4 : 0) > 2;
+  const size_t reserved = affine_bytes(c.attrs, g.k, x.dtype());
+  void* ws = static_cast<char*>(c.workspace) + reserved;
+  const size_t ws_bytes = c.workspace_bytes - reserved;
   KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
-    scalar_t* y = c.output(0).data<scalar_t>();
-    conv_forward<scalar_t>(g, x.data<scalar_t>(), w.data<scalar_t>(),
-                           c.n_in > 2 ? c.input(2).data<scalar_t>() : nullptr, y, static_cast<scalar_t*>(c.workspace),
-                           c.workspace_bytes);
-    if (relu)
-      cpu::parallel_for(c.output(0).numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) y[i] = y[i] > 0 ? y[i] : scalar_t(0);
-      });
+    using T = scalar_t;
+    const T* bias = has_bias ? c.input(2).data<T>() : nullptr;
+    T *scale = nullptr, *shift = nullptr;
+    if (bn) {
+      scale = static_cast<T*>(c.workspace), shift = scale + g.k;
+      const T *gamma = c.input(bn_at).data<T>(), *beta = c.input(bn_at + 1).data<T>();
+      const T *mean = c.input(bn_at + 2).data<T>(), *var = c.input(bn_at + 3).data<T>();
+      const double eps = c.attrs.f("bn_eps");
+      for (int64_t k = 0; k < g.k; ++k) {
+        const double a = gamma[k] / std::sqrt(double(var[k]) + eps);
+        scale[k] = T(a);
+        shift[k] = T(beta[k] - mean[k] * a + (bias ? bias[k] * a : 0.0));
+      }
+    }
+    T* y = c.output(0).data<T>();
+    if (direct_kernels(c, g, bn ? shift : bias, scale, relu, y, ws, ws_bytes)) return;
+    conv_forward<T>(g, x.data<T>(), w.data<T>(), bn ? nullptr : bias, y, static_cast<T*>(ws), ws_bytes);
+    affine_relu<T>(y, g.n * g.k, g.k, g.P(), scale, shift, relu);
   });
 }
 
@@ -395,11 +441,19 @@ void check_bias(const Specs& in, int64_t channels, const char* op) {
     throw Error(std::string(op) + ": bias must be (" + std::to_string(channels) + ",), got " + in[2].shape.str());
 }
 
-Specs infer_conv(const Specs& in, const Attrs& a) {
-  if (in.size() < 2 || in.size() > 3) throw Error("conv: expects input, weight and an optional bias");
+Specs infer_conv(const Specs& all, const Attrs& a) {
+  const size_t bn = a.has("bn_eps") ? 4 : 0;  // a folded batch norm's statistics come last
+  if (all.size() < 2 + bn || all.size() > 3 + bn)
+    throw Error(bn ? "conv: expects input, weight, an optional bias and the batch norm's gamma, beta, mean and var"
+                   : "conv: expects input, weight and an optional bias");
+  const Specs in(all.begin(), all.end() - bn);
   check_dtypes(in, "conv");
   Geom g = make_geom(in[0].shape, in[1].shape, a, "conv");
   check_bias(in, g.k, "conv");
+  for (size_t i = in.size(); i < all.size(); ++i)
+    if (all[i].dtype != in[0].dtype || all[i].shape.rank() != 1 || !dims_compatible(all[i].shape[0], g.k))
+      throw Error("conv: the folded batch norm's statistics must be " + std::string(dtype_name(in[0].dtype)) +
+                  " vectors of the " + std::to_string(g.k) + " filters, got " + specs_str(all));
   return {TensorSpec{in[0].dtype, out_shape_of(g, in[0].shape[0], g.k)}};
 }
 
@@ -468,11 +522,14 @@ void register_conv_ops(OpRegistry& r) {
   cv.num_inputs = -1;
   cv.infer = infer_conv;
   cv.cpu = conv_kernel;
+  cv.attrs.push_back({"bn_eps"});  // likewise: an inference batch norm folded into the convolution
   cv.workspace = [](const Specs& in, const Specs&, const Attrs& a) {
-    return workspace_of(make_geom(in[0].shape, in[1].shape, a, "conv"), Pass::forward, in[0].dtype);
+    const Geom g = make_geom(in[0].shape, in[1].shape, a, "conv");
+    return affine_bytes(a, g.k, in[0].dtype) + workspace_of(g, Pass::forward, in[0].dtype);
   };
   cv.vjp = [](C c) {
-    if (c.attrs().i("relu", 0)) throw Error("conv: a convolution with a fused ReLU has no gradient rule");
+    if (c.attrs().i("relu", 0) || c.attrs().has("bn_eps"))
+      throw Error("conv: a convolution with a fused ReLU or batch norm has no gradient rule");
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
     std::vector<Value> out(c.inputs.size());
     if (c.needs_grad[0]) out[0] = c.graph.apply1("conv_input_grad", {gy, w, x}, c.attrs());

@@ -138,7 +138,7 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
 // images fill every block.
 template <int R, int KV>
 void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wblock, int64_t grp, int64_t k0,
-                   const float* bias, bool relu, float* y) {
+                   const float* bias, const float* scale, bool relu, float* y) {
   constexpr int64_t kVectors = KV;
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
   const int64_t nk = std::min(kFilters, d.kg() - k0), total = ns * V;
@@ -153,8 +153,8 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
     }
     v16 acc[kFilters][kVectors];
 #pragma GCC unroll 8
-    for (int64_t i = 0; i < kFilters; ++i) {
-      const v16 b = splat(bias && i < nk ? bias[grp * d.kg() + k0 + i] : 0.f);
+    for (int64_t i = 0; i < kFilters; ++i) {  // with a scale, the bias (the shift) comes after it
+      const v16 b = splat(bias && !scale && i < nk ? bias[grp * d.kg() + k0 + i] : 0.f);
 #pragma GCC unroll 3
       for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = b;
     }
@@ -175,6 +175,11 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
         }
       }
     }
+    if (scale)  // a folded batch norm: y * scale + shift while the block is in registers
+      for (int64_t i = 0; i < nk; ++i) {
+        const v16 a = splat(scale[grp * d.kg() + k0 + i]), b = splat(bias ? bias[grp * d.kg() + k0 + i] : 0.f);
+        for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] * a + b;
+      }
     if (relu)  // fused: max(0, y) while the block is in registers
       for (int64_t i = 0; i < kFilters; ++i)
         for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] > 0 ? acc[i][j] : 0;
@@ -280,7 +285,7 @@ int64_t parts_of(const Direct& d, Pass pass, int64_t shared, size_t ws_bytes, in
 
 template <int R>
 void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_stamp, bool flip_transpose,
-                 const float* bias, bool relu, float* y, float* ws, size_t ws_bytes) {
+                 const float* bias, const float* scale, bool relu, float* y, float* ws, size_t ws_bytes) {
   float* packed = ws;
   const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk;
   const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, chunks), jobs = d.groups * d.blocks();
@@ -316,9 +321,9 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
           const float* wb = packed + j * block_elems;
           const int64_t grp = j / d.blocks(), k0 = j % d.blocks() * kFilters;
           if (by2 * 11 < by3 * 10)
-            forward_block<R, 2>(d, buf, ns, wb, grp, k0, bias, relu, y + n0 * d.k * P);
+            forward_block<R, 2>(d, buf, ns, wb, grp, k0, bias, scale, relu, y + n0 * d.k * P);
           else
-            forward_block<R, 3>(d, buf, ns, wb, grp, k0, bias, relu, y + n0 * d.k * P);
+            forward_block<R, 3>(d, buf, ns, wb, grp, k0, bias, scale, relu, y + n0 * d.k * P);
         }
       });
     }
@@ -403,16 +408,19 @@ size_t direct_workspace(const Geom& g, Pass pass) {
   return workspace_of(pass == Pass::input_grad ? input_grad_of(g) : forward_of(g), pass);
 }
 
-void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
-                    float* out, float* ws, size_t ws_bytes) {
+void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
+                    const float* scale, bool relu, float* out, float* ws, size_t ws_bytes) {
   const Direct d = forward_of(g);
-  with_rows(d,
-            [&](auto r) { run_forward<decltype(r)::value>(d, x, w, w_stamp, false, bias, relu, out, ws, ws_bytes); });
+  with_rows(d, [&](auto r) {
+    run_forward<decltype(r)::value>(d, x, w, w_stamp, false, bias, scale, relu, out, ws, ws_bytes);
+  });
 }
 
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {
   const Direct d = input_grad_of(g);
-  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, gy, w, 0, true, nullptr, false, dx, ws, ws_bytes); });
+  with_rows(d, [&](auto r) {
+    run_forward<decltype(r)::value>(d, gy, w, 0, true, nullptr, nullptr, false, dx, ws, ws_bytes);
+  });
 }
 
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes) {

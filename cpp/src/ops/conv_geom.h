@@ -77,8 +77,9 @@ bool direct_applies(const Geom& g, Pass pass);
 size_t direct_workspace(const Geom& g, Pass pass);
 // w_stamp: the weights' Storage::stamp() when they are a variable's (their packed form is then
 // cached until the variable is written), else 0.
-void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
-                    float* out, float* ws, size_t ws_bytes);
+// scale: a folded batch norm's per-filter scale (bias its shift, added after it), or null.
+void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
+                    const float* scale, bool relu, float* out, float* ws, size_t ws_bytes);
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes);
 
@@ -86,7 +87,7 @@ void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* d
 // strides above 1, and stride 1 where it wastes fewer lanes than the direct kernels; the forward only.
 bool lanes_applies(const Geom& g);
 size_t lanes_workspace(const Geom& g);
-void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
-                   float* out, float* ws, size_t ws_bytes);
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
+                   const float* scale, bool relu, float* out, float* ws, size_t ws_bytes);
 
 }  // namespace kiln::conv

@@ -121,7 +121,7 @@ void block(const Lanes& d, const Src& xs, const float* wb, int64_t oh, int64_t o
 // input is in L1; the weights stream from L2.
 template <int S>
 void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, int64_t b0, int64_t b1,
-                const float* bias, bool relu, float* y) {
+                const float* bias, const float* scale, bool relu, float* y) {
   const int64_t P = d.oh * d.ow;
   float out[kPixels][kFilters];
   for (int64_t ow0 = 0; ow0 < d.ow; ow0 += kPixels) {
@@ -154,9 +154,9 @@ void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, 
       const int64_t k0 = b * kFilters, nk = std::min(kFilters, d.k - k0);
       for (int64_t f = 0; f < nk; ++f) {
         float* yf = y + (k0 + f) * P + oh * d.ow + ow0;
-        const float bf = bias ? bias[k0 + f] : 0.f;
+        const float bf = bias ? bias[k0 + f] : 0.f, sf = scale ? scale[k0 + f] : 1.f;
         for (int j = 0; j < np; ++j) {
-          const float v = out[j][f] + bf;
+          const float v = out[j][f] * sf + bf;
           yf[j] = relu && v < 0 ? 0.f : v;
         }
       }
@@ -186,8 +186,8 @@ size_t lanes_workspace(const Geom& g) {
   return static_cast<size_t>(d.packed() + pads) * sizeof(float);
 }
 
-void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias, bool relu,
-                   float* y, float* ws, size_t ws_bytes) {
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
+                   const float* scale, bool relu, float* y, float* ws, size_t ws_bytes) {
   const Lanes d = lanes_of(g);
   const float* packed = ws;
   cpu::Derived cached;
@@ -221,9 +221,9 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
           const int64_t oh = r / groups, b0 = r % groups * kBlocksPerTask;
           const int64_t b1 = std::min(d.blocks(), b0 + kBlocksPerTask);
           if (d.sw == 2)
-            row_blocks<2>(d, xs, packed, oh, b0, b1, bias, relu, yn);
+            row_blocks<2>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
           else
-            row_blocks<0>(d, xs, packed, oh, b0, b1, bias, relu, yn);
+            row_blocks<0>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
         }
       });
     }

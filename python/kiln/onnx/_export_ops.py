@@ -475,7 +475,12 @@ def _conv_attrs(n: Node) -> dict[str, Any]:
 
 @_handles("conv")
 def _conv(ex: _Exporter, n: Node) -> list:
-    y = ex.add("Conv", n.ins, _conv_attrs(n))
+    """Conv, and what kiln's compiler fused into it: an inference batch norm (attribute bn_eps, its
+    gamma, beta, mean and var the last four inputs) and a ReLU."""
+    folded = "bn_eps" in n.attrs
+    y = ex.add("Conv", n.ins[:-4] if folded else n.ins, _conv_attrs(n))
+    if folded:
+        y = ex.add("BatchNormalization", [y, *n.ins[-4:]], {"epsilon": float(n.attrs["bn_eps"])})
     return [ex.add("Relu", [y]) if n.attrs.get("relu", 0) else y]
 
 
