@@ -171,6 +171,15 @@ void fuse_conv_relu(Program& p) {
   });
 }
 
+// max_pool whose indices nothing reads (inference; or no gradient flows through it): its kernel
+// skips writing them, an int64 per output (more bytes than the values).
+void skip_unread_indices(Program& p) {
+  const auto uses = count_uses(p);
+  for (size_t id = 0; id < p.nodes.size(); ++id)
+    if (is_op(p.nodes[id], "max_pool") && uses[id].size() > 1 && uses[id][1] == 0)
+      p.nodes[id].attrs.set("values_only", int64_t{1});
+}
+
 // matmul(permute(a) swapping the last two axes, b) -> matmul(a, b) with transpose_a flipped (and
 // so for b): the transposed operand is read in place by the GEMM instead of copied every call
 // (`x @ w.T`, and imported ONNX Gemms with transB). The permute stays for its other readers.
@@ -296,9 +305,11 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
   fold_constants(*p);
   merge_common(*p);
   fold_batch_norm_into_conv(*p);
+  eliminate_dead(*p);  // the folded batch norms, which still read the convolutions
   fuse_conv_relu(*p);
   fold_transposes_into_matmul(*p);
   eliminate_dead(*p);
+  skip_unread_indices(*p);
   return p;
 }
 

@@ -185,7 +185,7 @@ void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW
         best = plane[arg];
       }
       out[oh * OW + ow] = best;
-      idx[oh * OW + ow] = arg;
+      if (idx) idx[oh * OW + ow] = arg;
     }
 }
 
@@ -205,6 +205,10 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
   const int64_t ow_lo = (pw + 1) / 2, reach = K == 3 ? 34 : 32, last = W - reach + pw;  // 2 ow <= last
   const int64_t n_vec = last >= 2 * ow_lo ? (last / 2 - ow_lo) / kLanes + 1 : 0;
   const int64_t vec_end = ow_lo + n_vec * kLanes;
+  // A last vector at the last start that reads inside the row, overlapping the one before it: only the
+  // columns past it take the scalar loop.
+  const int64_t tail = n_vec > 0 && last / 2 + kLanes > vec_end ? last / 2 : -1;
+  const int64_t vec_done = tail >= 0 ? tail + kLanes : vec_end;
   for (int64_t oh = 0; oh < OH; ++oh) {
     const int64_t h0 = 2 * oh - ph;
     if (h0 < 0 || h0 + K > H || n_vec == 0) {
@@ -212,7 +216,7 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
       continue;
     }
     max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
-    for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) {
+    auto vector_at = [&](int64_t ow) {
       const int64_t base = h0 * W + 2 * ow - pw;
       f16v best;
       i16v arg;
@@ -240,9 +244,12 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
         }
       }
       std::memcpy(out + oh * OW + ow, &best, sizeof best);
-      for (int64_t l = 0; l < kLanes; ++l) idx[oh * OW + ow + l] = base + 2 * l + arg[l];
-    }
-    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_end, OW);
+      if (idx)
+        for (int64_t l = 0; l < kLanes; ++l) idx[oh * OW + ow + l] = base + 2 * l + arg[l];
+    };
+    for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) vector_at(ow);
+    if (tail >= 0) vector_at(tail);
+    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
   }
 }
 
@@ -257,13 +264,13 @@ void max_pool_plain(const PoolGeom& g, const T* in, T* out, int64_t* idx) {
     for (int64_t pl = p0; pl < p1; ++pl) {
       if constexpr (std::is_same_v<T, float>)
         if (stride2 && g.ker[1] == g.ker[2] && (g.ker[1] == 2 || g.ker[1] == 3)) {
-          (g.ker[1] == 2 ? max_pool_s2_plane<2> : max_pool_s2_plane<3>)(in + pl * I, out + pl * P, idx + pl * P,
-                                                                        g.out[1], g.out[2], g.in[1], g.in[2], g.pad[1],
-                                                                        g.pad[2]);
+          (g.ker[1] == 2 ? max_pool_s2_plane<2> : max_pool_s2_plane<3>)(in + pl * I, out + pl * P,
+                                                                        idx ? idx + pl * P : nullptr, g.out[1],
+                                                                        g.out[2], g.in[1], g.in[2], g.pad[1], g.pad[2]);
           continue;
         }
-      plane_fn(in + pl * I, out + pl * P, idx + pl * P, g.out[1], g.out[2], g.in[1], g.in[2], g.ker[1], g.ker[2],
-               g.stride[1], g.stride[2], g.pad[1], g.pad[2], 0, -1, 0, -1);
+      plane_fn(in + pl * I, out + pl * P, idx ? idx + pl * P : nullptr, g.out[1], g.out[2], g.in[1], g.in[2], g.ker[1],
+               g.ker[2], g.stride[1], g.stride[2], g.pad[1], g.pad[2], 0, -1, 0, -1);
     }
   });
 }
@@ -275,7 +282,9 @@ void pool_kernel(const KernelContext& c) {
   const bool is_max = mode == Mode::max || mode == Mode::adaptive_max;
   int64_t* idx = is_max ? c.output(1).data<int64_t>() : nullptr;
   if (mode == Mode::max && plain_max_windows(g)) {
-    KILN_DISPATCH_FLOAT(x.dtype(), "pool", max_pool_plain(g, x.data<scalar_t>(), c.output(0).data<scalar_t>(), idx));
+    // values_only: set by the compiler where nothing reads the indices (inference)
+    int64_t* wanted = c.attrs.i("values_only", 0) ? nullptr : idx;
+    KILN_DISPATCH_FLOAT(x.dtype(), "pool", max_pool_plain(g, x.data<scalar_t>(), c.output(0).data<scalar_t>(), wanted));
     return;
   }
   KILN_DISPATCH_FLOAT(x.dtype(), "pool", {
@@ -456,6 +465,7 @@ void add_pool(OpRegistry& r, const std::string& name, Mode mode, KernelFn k) {
   d.name = name;
   d.attrs = is_adaptive(mode) ? std::vector<AttrSpec>{{"output_size", true}} : pool_attrs();
   const bool is_max = mode == Mode::max || mode == Mode::adaptive_max;
+  if (mode == Mode::max) d.attrs.push_back({"values_only"});  // set by the compiler where no one reads the indices
   d.infer = [mode, is_max, name](const Specs& in, const Attrs& a) {
     if (!is_floating(in[0].dtype)) throw Error(name + ": expects a float tensor, got " + in[0].str());
     Shape out = pool_out_shape(in[0].shape, make_pool(in[0].shape, a, mode, name.c_str()));
