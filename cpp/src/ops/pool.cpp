@@ -191,12 +191,12 @@ void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW
 
 // KxK windows (2x2 or 3x3), stride 2, float32, any padding: 16 outputs at a time for windows
 // inside the image, from rows of 32 pixels split into even and odd columns, folded in window order
-// with vector selects (as fold_max: the first maximum; a NaN, once seen, wins). Border windows
-// (the padding) take the scalar loop.
+// with vector selects (as fold_max: the first maximum; a NaN, once seen, wins). Windows the padding
+// clips at the top or bottom fold the rows inside; those it clips left or right take the scalar loop.
 typedef float f16v __attribute__((vector_size(64)));
 typedef int32_t i16v __attribute__((vector_size(64)));
 
-template <int K>
+template <int K, bool kIndices>
 void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W,
                        int64_t ph, int64_t pw) {
   constexpr int64_t kLanes = 16;
@@ -210,17 +210,19 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
   const int64_t tail = n_vec > 0 && last / 2 + kLanes > vec_end ? last / 2 : -1;
   const int64_t vec_done = tail >= 0 ? tail + kLanes : vec_end;
   for (int64_t oh = 0; oh < OH; ++oh) {
+    // The window rows inside the image: all K but in the rows the padding clips (the first, the last).
     const int64_t h0 = 2 * oh - ph;
-    if (h0 < 0 || h0 + K > H || n_vec == 0) {
+    const int a_lo = static_cast<int>(std::max<int64_t>(0, -h0)), a_hi = static_cast<int>(std::min<int64_t>(K, H - h0));
+    if (n_vec == 0 || a_lo >= a_hi) {
       max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1);
       continue;
     }
     max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
     auto vector_at = [&](int64_t ow) {
-      const int64_t base = h0 * W + 2 * ow - pw;
+      const int64_t base = h0 * W + 2 * ow - pw;  // negative in a clipped first row: a starts past it
       f16v best;
       i16v arg;
-      for (int a = 0; a < K; ++a) {
+      for (int a = a_lo; a < a_hi; ++a) {
         f16v col[3];  // the window row's pixels b = 0, 1 (, 2) of each of the 16 windows
         f16v lo, hi;
         std::memcpy(&lo, plane + base + a * W, sizeof lo);
@@ -234,17 +236,17 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
         }
         for (int b = 0; b < K; ++b) {
           const i16v offset = i16v{} + static_cast<int32_t>(a * W + b);
-          if (a == 0 && b == 0) {
+          if (a == a_lo && b == 0) {
             best = col[0], arg = offset;
             continue;
           }
           const i16v take = (col[b] > best) | ((col[b] != col[b]) & (best == best));
           best = take ? col[b] : best;
-          arg = take ? offset : arg;
+          if constexpr (kIndices) arg = take ? offset : arg;
         }
       }
       std::memcpy(out + oh * OW + ow, &best, sizeof best);
-      if (idx)
+      if constexpr (kIndices)
         for (int64_t l = 0; l < kLanes; ++l) idx[oh * OW + ow + l] = base + 2 * l + arg[l];
     };
     for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) vector_at(ow);
@@ -264,9 +266,10 @@ void max_pool_plain(const PoolGeom& g, const T* in, T* out, int64_t* idx) {
     for (int64_t pl = p0; pl < p1; ++pl) {
       if constexpr (std::is_same_v<T, float>)
         if (stride2 && g.ker[1] == g.ker[2] && (g.ker[1] == 2 || g.ker[1] == 3)) {
-          (g.ker[1] == 2 ? max_pool_s2_plane<2> : max_pool_s2_plane<3>)(in + pl * I, out + pl * P,
-                                                                        idx ? idx + pl * P : nullptr, g.out[1],
-                                                                        g.out[2], g.in[1], g.in[2], g.pad[1], g.pad[2]);
+          auto s2 = g.ker[1] == 2 ? (idx ? max_pool_s2_plane<2, true> : max_pool_s2_plane<2, false>)
+                                  : (idx ? max_pool_s2_plane<3, true> : max_pool_s2_plane<3, false>);
+          s2(in + pl * I, out + pl * P, idx ? idx + pl * P : nullptr, g.out[1], g.out[2], g.in[1], g.in[2], g.pad[1],
+             g.pad[2]);
           continue;
         }
       plane_fn(in + pl * I, out + pl * P, idx ? idx + pl * P : nullptr, g.out[1], g.out[2], g.in[1], g.in[2], g.ker[1],
