@@ -202,6 +202,11 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
   constexpr int64_t kBlocksPerTask = 4;
   const int64_t groups = (d.blocks() + kBlocksPerTask - 1) / kBlocksPerTask;
   const bool padding = !reads_no_padding(d);
+  // Small images (the deep layers of a network): their whole input stays in L2 beside one filter block, and a
+  // filter block at a time over all rows reads the weights once rather than once a row (from L3 or memory).
+  // Large ones: a row at a time over several blocks, the rows' input in L1, the weights streaming from L2.
+  constexpr int64_t kSmallInput = 512 << 10;
+  const bool block_outer = d.padded() * int64_t(sizeof(float)) <= kSmallInput && d.blocks() >= 2;
   const int64_t slots = padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : d.n;
   // A batch of at least a sample per thread: each thread takes whole samples. Fewer: the rows of each sample
   // spread over the pool.
@@ -216,16 +221,22 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
         xs = Src{buf, d.wp(), d.plane()};
       }
       float* yn = y + n * d.k * d.oh * d.ow;
-      cpu::parallel_for(d.oh * groups, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t oh = r / groups, b0 = r % groups * kBlocksPerTask;
-          const int64_t b1 = std::min(d.blocks(), b0 + kBlocksPerTask);
-          if (d.sw == 2)
-            row_blocks<2>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
-          else
-            row_blocks<0>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
-        }
-      });
+      auto rows = [&](int64_t oh, int64_t b0, int64_t b1) {
+        if (d.sw == 2)
+          row_blocks<2>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
+        else
+          row_blocks<0>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
+      };
+      if (block_outer)  // each filter block runs over every row: its weights are read once
+        cpu::parallel_for(d.blocks(), 1, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t oh = 0; oh < d.oh; ++oh) rows(oh, b, b + 1);
+        });
+      else
+        cpu::parallel_for(d.oh * groups, 1, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r)
+            rows(r / groups, r % groups * kBlocksPerTask, std::min(d.blocks(), (r % groups + 1) * kBlocksPerTask));
+        });
     }
   });
 }
