@@ -96,15 +96,16 @@ void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool ta, bool tb, bool 
   const int64_t rows = d.m * batches;
   if (A.dtype() == DType::float32 && !training && B.storage()->tracked() && tb && !ta && b_shared && rows >= 2 &&
       rows <= 64 && d.k >= 64 && d.n >= 16) {
-    const int64_t n_pad = (d.n + cpu::kRowsPanel - 1) / cpu::kRowsPanel * cpu::kRowsPanel;
     const float* b = B.data<float>();
     auto bt = cpu::derived_weights(b, B.storage()->stamp(), cpu::DerivedShape{d.n, d.k, 1, 0},
-                                   static_cast<size_t>(d.k * n_pad), [&](float* out) {
+                                   static_cast<size_t>(cpu::rows_packed_size(d.n, d.k)), [&](float* out) {
+                                     constexpr int64_t P = cpu::kRowsPanel;
                                      for (int64_t j = 0; j < d.n; ++j)
-                                       for (int64_t p = 0; p < d.k; ++p) out[p * n_pad + j] = b[j * d.k + p];
+                                       for (int64_t p = 0; p < d.k; ++p)
+                                         out[(j / P) * d.k * P + p * P + j % P] = b[j * d.k + p];
                                    });
-    return cpu::gemm_rows(int(rows), int(d.n), int(d.k), A.data<float>(), int(d.k), bt->data(), int(n_pad),
-                          C.data<float>(), int(d.n));
+    return cpu::gemm_rows(int(rows), int(d.n), int(d.k), A.data<float>(), int(d.k), bt->data(), C.data<float>(),
+                          int(d.n));
   }
   KILN_DISPATCH_NUMERIC(A.dtype(), "matmul", {
     const scalar_t* a = A.data<scalar_t>();
