@@ -1,11 +1,12 @@
-// Direct convolution with the filters in the lanes, for strided float32 convolutions (1-D and 2-D,
-// one group): a vector holds one output pixel of 16 filters, and a register block of 7 pixels x 32
-// filters (14 accumulators) multiplies each input value, broadcast, by two weight vectors: MLAS's
-// NCHWc loop, with NCHW tensors. The pixel-lane kernels of conv_direct.cpp need unit stride (their
-// vectors are 16 neighbouring outputs, which a stride would turn into a gather); this takes the
-// stride-2 layers of a ResNet (the 7x7 stem, the 3x3 and 1x1 downsampling layers), which im2col +
-// GEMM ran at half the machine's rate. The output is stored transposed from the block, one float
-// at a time, which costs little beside the K multiply-adds behind each output. Forward only.
+// Direct convolution with the filters in the lanes (float32, 1-D and 2-D, one group): a vector holds
+// one output pixel of 16 filters, and a register block of 7 (or 8) pixels x 32 filters (14 or 16
+// accumulators) multiplies each input value, broadcast, by two weight vectors: MLAS's NCHWc loop,
+// with NCHW tensors. The pixel-lane kernels of conv_direct.cpp need unit stride (their vectors are 16
+// neighbouring outputs, which a stride would turn into a gather); this takes every strided layer (a
+// ResNet's 7x7 stem, its 3x3 and 1x1 downsampling layers, which im2col + GEMM ran at half the
+// machine's rate), and the stride-1 layers whose rows of 7, 14, 28 or 56 pixels would leave lanes of
+// those vectors empty. The output is stored transposed from the block, one float at a time, which
+// costs little beside the K multiply-adds behind each output. Forward only.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -20,7 +21,9 @@ namespace {
 typedef float v16 __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 constexpr int64_t kFilters = 2 * kLanes;  // filters per register block
-constexpr int kPixels = 7;  // output pixels per register block: rows of 7, 14, 28, 56 and 112 split evenly
+// Output pixels per register block: 7 (rows of 7, 14, 28, 56 and 112 split evenly), or 8 for rows of 8, 16 or 32.
+constexpr int kMaxPixels = 8;
+int pixels_per_block(int64_t ow) { return ow % 7 != 0 && ow % 8 == 0 ? 8 : 7; }
 
 inline v16 load(const float* p) {
   v16 v;
@@ -123,12 +126,16 @@ template <int S>
 void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, int64_t b0, int64_t b1,
                 const float* bias, const float* scale, bool relu, float* y) {
   const int64_t P = d.oh * d.ow;
-  float out[kPixels][kFilters];
-  for (int64_t ow0 = 0; ow0 < d.ow; ow0 += kPixels) {
-    const int np = static_cast<int>(std::min<int64_t>(kPixels, d.ow - ow0));
+  float out[kMaxPixels][kFilters];
+  const int tile = pixels_per_block(d.ow);
+  for (int64_t ow0 = 0; ow0 < d.ow; ow0 += tile) {
+    const int np = static_cast<int>(std::min<int64_t>(tile, d.ow - ow0));
     for (int64_t b = b0; b < b1; ++b) {
       const float* wb = packed + b * d.block_elems();
       switch (np) {
+        case 8:
+          block<8, S>(d, xs, wb, oh, ow0, out);
+          break;
         case 7:
           block<7, S>(d, xs, wb, oh, ow0, out);
           break;

@@ -102,6 +102,19 @@ Shape pool_out_shape(const Shape& x, const PoolGeom& g) {
   return s;
 }
 
+// The sum of n values in double, over 8 partial sums: one running sum would wait on each addition's
+// latency (global average pooling of 8x8 planes ran at a tenth of memory speed).
+template <class T>
+double row_sum(const T* p, int64_t n) {
+  double part[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) part[j] += p[i + j];
+  double s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
 // Calls fn(plane, out_index, windows[3]) for every output element, parallel over planes; the
 // windows of each dim are computed once.
 template <class F>
@@ -318,7 +331,7 @@ void pool_kernel(const KernelContext& c) {
         double s = 0;
         for (int64_t d = w[0].lo; d < w[0].hi; ++d)
           for (int64_t h = w[1].lo; h < w[1].hi; ++h)
-            for (int64_t v = w[2].lo; v < w[2].hi; ++v) s += plane[(d * g.in[1] + h) * g.in[2] + v];
+            s += row_sum(plane + (d * g.in[1] + h) * g.in[2] + w[2].lo, w[2].hi - w[2].lo);
         int64_t count = w[0].count * w[1].count * w[2].count;
         out[pl * P + o] = scalar_t(count ? s / count : 0.0);
       }
