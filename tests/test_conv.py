@@ -760,6 +760,20 @@ def test_max_pool_ties_and_nans_on_wide_rows(dtype, window, width):
     np.testing.assert_array_equal(values_only(xv), ref_y)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_global_and_adaptive_average_pooling_of_wide_windows(dtype):
+    """Windows of 8 or more values per row sum over 8 partial sums: the means are numpy's."""
+    xv = np.random.default_rng(8).standard_normal((2, 3, 13, 21)).astype(dtype)
+    x = kn.input("x", xv.shape, dtype)
+    f = kn.function([x], [kn.adaptive_avg_pool2d(x, 1), kn.adaptive_avg_pool2d(x, (1, 2))], training=False)
+    whole, halves = f(xv)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(whole, xv.mean(axis=(2, 3), keepdims=True), rtol=tol, atol=tol)
+    # torch's adaptive windows of 21 columns in 2: [0, 11) and [10, 21)
+    want = np.stack([xv[..., :11].mean(axis=(2, 3)), xv[..., 10:].mean(axis=(2, 3))], axis=-1)[:, :, None, :]
+    np.testing.assert_allclose(halves, want, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize(
     "dtype, stride",
     [("float32", 1), ("float32", 2), ("float64", 1)],
