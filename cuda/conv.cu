@@ -272,39 +272,43 @@ struct FoldedBn {
 // CPU writes it (y > 0 ? y : 0: a NaN becomes 0).
 template <class T, class Idx>
 __global__ void epilogue_kernel(int64_t n, int64_t P, int64_t K, T* __restrict__ y, const T* __restrict__ bias,
-                                FoldedBn<T> bn, bool relu) {
+                                FoldedBn<T> bn, const T* __restrict__ residual, bool relu) {
   KILN_GRID_LOOP(i, n) {
     const Idx k = (static_cast<Idx>(i) / static_cast<Idx>(P)) % static_cast<Idx>(K);
     T v = y[i];
     if (bias) v += bias[k];
     if (bn.gamma) v = (v - bn.mean[k]) * T(double(bn.gamma[k]) / sqrt(double(bn.var[k]) + bn.eps)) + bn.beta[k];
+    if (residual) v += residual[i];
     if (relu) v = v > T(0) ? v : T(0);
     y[i] = v;
   }
 }
 
-// The epilogue of conv (bias at input 2 if any, a folded batch norm's statistics as its last four inputs) and of
-// conv_transpose (bias only).
+// The epilogue of conv (bias at input 2 if any, then a folded batch norm's four statistics and a residual where the
+// compiler fused them: ops/conv.cpp's ConvInputs) and of conv_transpose (bias only).
 void epilogue(const KernelContext& c, Tensor& y, bool fused, const char* op) {
   const bool bn = fused && c.attrs.has("bn_eps"), relu = fused && c.attrs.i("relu", 0) != 0;
-  const Tensor* bias = c.n_in - (bn ? 4 : 0) > 2 ? &c.input(2) : nullptr;
+  const bool has_residual = fused && c.attrs.i("residual", 0) != 0;
+  const int plain = c.n_in - (bn ? 4 : 0) - (has_residual ? 1 : 0);
+  const Tensor* bias = plain > 2 ? &c.input(2) : nullptr;
   const int64_t n = y.numel();
-  if ((!bias && !bn && !relu) || n == 0) return;
+  if ((!bias && !bn && !has_residual && !relu) || n == 0) return;
   const int64_t K = y.shape()[1], P = n / (y.shape()[0] * K);
   KILN_DISPATCH_FLOAT(y.dtype(), op, {
     const scalar_t* b = bias ? bias->data<scalar_t>() : nullptr;
+    const scalar_t* r = has_residual ? c.input(c.n_in - 1).data<scalar_t>() : nullptr;
     FoldedBn<scalar_t> f;
     if (bn) {
-      const int at = c.n_in - 4;
+      const int at = plain;
       f = {c.input(at).data<scalar_t>(), c.input(at + 1).data<scalar_t>(), c.input(at + 2).data<scalar_t>(),
            c.input(at + 3).data<scalar_t>(), c.attrs.f("bn_eps")};
     }
     if (n <= INT_MAX)  // 32-bit division where it will do: several times cheaper than 64-bit
       epilogue_kernel<scalar_t, int32_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, relu);
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, relu);
     else
       epilogue_kernel<scalar_t, int64_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, relu);
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, relu);
   });
   check_launch(op);
 }

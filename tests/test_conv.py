@@ -870,6 +870,49 @@ def test_inference_folds_batch_norm_into_the_convolution(tmp_path, dtype, stride
     assert "batch_norm" in str(step)
 
 
+@pytest.mark.parametrize(
+    "dtype, width",
+    [("float32", 16), ("float32", 14), ("float64", 14)],
+    ids=["direct kernel", "filter lanes", "float64 im2col"],
+)
+def test_inference_adds_the_shortcut_inside_the_convolution(tmp_path, dtype, width):
+    """relu(conv(h) + shortcut) of a ResNet block compiles to convolutions that add the shortcut and
+    apply the ReLU as they store: an identity shortcut goes into the block's last convolution, a
+    projection (a 1x1 convolution made after it) takes that convolution's output as its residual.
+    A broadcast add stays an add. The values are numpy's; the file keeps the fused program."""
+    rng = np.random.default_rng(9)
+    c = 32
+    xv = rng.standard_normal((2, c, width, width)).astype(dtype)
+    w1, w2, w3 = (rng.standard_normal((c, c, 3, 3)).astype(dtype) * 0.2 for _ in range(3))
+    wp = rng.standard_normal((c, c, 1, 1)).astype(dtype) * 0.2
+    bv = rng.standard_normal((c, 1, 1)).astype(dtype)
+    x = kn.input("x", xv.shape, dtype)
+    const = lambda a: kn.constant(a, dtype=dtype)  # noqa: E731
+    h = kn.relu(kn.conv2d(x, const(w1), padding=1))
+    identity = kn.relu(kn.conv2d(h, const(w2), padding=1) + x)
+    projection = kn.relu(kn.conv2d(h, const(w3), padding=1) + kn.conv2d(x, const(wp)))
+    broadcast = kn.relu(kn.conv2d(x, const(w1), padding=1) + const(bv))
+    f = kn.function([x], [identity, projection, broadcast], training=False)
+    program = str(f)
+    assert program.count("residual=1") == 2 and " add(" in program  # the broadcast add stays
+
+    def conv(a, w, pad):
+        return np_conv(a.astype(np.float64), w.astype(np.float64), padding=pad)
+
+    hv = np.maximum(conv(xv, w1, 1), 0)
+    want = [
+        np.maximum(conv(hv, w2, 1) + xv, 0),
+        np.maximum(conv(hv, w3, 1) + conv(xv, wp, 0), 0),
+        np.maximum(conv(xv, w1, 1) + bv, 0),
+    ]
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for got, ref in zip(f(xv), want):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    kn.save(tmp_path / "fused.kiln", f, name="predict")
+    for got, ref in zip(kn.load(tmp_path / "fused.kiln")(xv), want):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
 def test_inference_sees_weights_written_since_its_last_call():
     """An inference function keeps the direct convolution's packed weights between calls; a
     training step (in place), an assign, and a state_dict load each change what the next call reads."""

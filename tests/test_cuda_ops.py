@@ -122,21 +122,23 @@ def test_training_batch_norm_matches_the_cpu(monkeypatch, backend, dtype, shape,
 
 
 @needs_device
-@pytest.mark.parametrize("bias", [False, True])
-def test_inference_conv_with_folded_batch_norm_matches_the_cpu(bias):
-    """An inference function's conv -> batch_norm -> relu compiles to one convolution (the batch norm
-    folded in as its epilogue); the GPU's epilogue gives the CPU's values."""
+@pytest.mark.parametrize("bias, residual", [(False, False), (True, False), (False, True)])
+def test_inference_conv_with_folded_batch_norm_matches_the_cpu(bias, residual):
+    """An inference function's conv -> batch_norm (-> + shortcut) -> relu compiles to one convolution
+    (the batch norm and the shortcut folded in as its epilogue); the GPU's epilogue gives the CPU's
+    values."""
     rng = np.random.default_rng(6)
     k = 32
-    xv = rng.standard_normal((3, 8, 14, 14)).astype(np.float32)
+    xv = rng.standard_normal((3, k, 14, 14)).astype(np.float32)
     x = kn.input("x", xv.shape)
-    w = kn.constant(rng.standard_normal((k, 8, 3, 3)).astype(np.float32))
+    w = kn.constant(rng.standard_normal((k, k, 3, 3)).astype(np.float32) * 0.1)
     b = kn.constant(rng.standard_normal(k).astype(np.float32)) if bias else None
     stats = [rng.standard_normal(k), rng.standard_normal(k), rng.standard_normal(k), rng.uniform(0.5, 2, k)]
     G, B, M, V = (kn.Parameter(v.astype(np.float32), name=n) for v, n in zip(stats, "gbmv"))
-    y = kn.relu(kn.batch_norm(kn.conv2d(x, w, b, padding=1), M, V, G, B))
+    y = kn.batch_norm(kn.conv2d(x, w, b, padding=1), M, V, G, B)
+    y = kn.relu(y + x if residual else y)
     cpu = kn.function([x], y, training=False)
-    assert "bn_eps" in str(cpu)
+    assert "bn_eps" in str(cpu) and ("residual=1" in str(cpu)) == residual
     np.testing.assert_allclose(
         kn.function([x], y, training=False, device="cuda")(xv), cpu(xv), rtol=1e-4, atol=1e-4
     )

@@ -155,6 +155,29 @@ void fold_batch_norm_into_conv(Program& p) {
   });
 }
 
+// add(conv output, r) in an inference program, r shaped like the output (no broadcast) and computed
+// before the convolution: the convolution adds r as it stores its output (attribute residual, r its
+// last input): a ResNet block's shortcut, after which its ReLU fuses too.
+void fold_residual_into_conv(Program& p) {
+  if (p.training) return;
+  const auto uses = count_uses(p);
+  fuse_into_producer(p, [&](size_t id) {
+    ProgramNode& n = p.nodes[id];
+    if (!is_op(n, "add") || n.inputs.size() != 2) return Edge{};
+    for (int side = 0; side < 2; ++side) {
+      const Edge out = n.inputs[side], other = n.inputs[1 - side];
+      ProgramNode& c = p.nodes[out.node];
+      if (!is_op(c, "conv") || c.attrs.i("relu", 0) || c.attrs.i("residual", 0) || uses[out.node][0] != 1) continue;
+      if (other.node >= out.node) continue;  // the convolution runs first, so r must be ready by then
+      if (!(p.nodes[other.node].outputs[other.index] == c.outputs[0]) || !(n.outputs[0] == c.outputs[0])) continue;
+      c.inputs.push_back(other);
+      c.attrs.set("residual", int64_t{1});
+      return out;  // the add's readers now read the convolution
+    }
+    return Edge{};
+  });
+}
+
 // conv -> relu where the convolution's output feeds nothing else: the convolution applies the ReLU
 // as it stores its result (one pass over the activations fewer). In a training step the output
 // also feeds relu's gradient, so this fuses in inference programs.
@@ -305,7 +328,9 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
   fold_constants(*p);
   merge_common(*p);
   fold_batch_norm_into_conv(*p);
-  eliminate_dead(*p);  // the folded batch norms, which still read the convolutions
+  eliminate_dead(*p);  // the folded nodes, which still read the convolutions
+  fold_residual_into_conv(*p);
+  eliminate_dead(*p);
   fuse_conv_relu(*p);
   fold_transposes_into_matmul(*p);
   eliminate_dead(*p);

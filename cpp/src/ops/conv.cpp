@@ -322,63 +322,79 @@ size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
 }
 
+// Where a conv node's optional inputs sit: x, w, then the bias, a folded batch norm's gamma, beta,
+// mean and var (attribute bn_eps), and a residual added before the ReLU (attribute residual), each
+// where present; the last two fused by the compiler (graph/passes.cpp), never by users.
+struct ConvInputs {
+  int bias = -1, bn = -1, residual = -1;
+  ConvInputs(size_t n_in, const Attrs& a) {
+    int next = static_cast<int>(n_in);
+    if (a.i("residual", 0)) residual = --next;
+    if (a.has("bn_eps")) bn = next -= 4;
+    if (next > 2) bias = 2;
+  }
+  int plain() const { return bias >= 0 ? 3 : 2; }  // the inputs before the fused ones
+};
+
 // Bytes of the workspace that hold a folded batch norm's scale and shift, ahead of the algorithm's.
 size_t affine_bytes(const Attrs& a, int64_t k, DType dtype) {
   return a.has("bn_eps") ? static_cast<size_t>((2 * k * dtype_size(dtype) + 63) / 64 * 64) : 0;
 }
 
-// y = y * scale[k] + shift[k] (either may be null), then max(0, y) if relu; y is (N, K, P).
+// y = y * scale[k] + shift[k] + residual (any may be null), then max(0, y) if relu; y is (N, K, P).
 template <class T>
-void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T* shift, bool relu) {
-  if (!scale && !shift && !relu) return;
+void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T* shift, const T* residual, bool relu) {
+  if (!scale && !shift && !residual && !relu) return;
   cpu::parallel_for(nk, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(P, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* row = y + r * P;
+      const T* res = residual ? residual + r * P : nullptr;
       const T s = scale ? scale[r % k] : T(1), t = shift ? shift[r % k] : T(0);
       for (int64_t i = 0; i < P; ++i) {
-        const T v = scale ? row[i] * s + t : row[i] + t;
+        const T v = (scale ? row[i] * s + t : row[i] + t) + (res ? res[i] : T(0));
         row[i] = relu && !(v > 0) ? T(0) : v;
       }
     }
   });
 }
 
-// The float32 direct kernels, which scale, shift and apply the ReLU as they store; false where neither applies.
-bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, bool relu, float* y,
-                    void* ws, size_t ws_bytes) {
+// The float32 direct kernels, which apply the epilogue as they store; false where neither applies.
+bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, const float* residual,
+                    bool relu, float* y, void* ws, size_t ws_bytes) {
   const bool lanes = lanes_applies(g);
   if (!lanes && !direct_applies(g, Pass::forward)) return false;
   // inference functions keep variables' packed weights; a training step changes them every call
   const Tensor& w = c.input(1);
   const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
-  (lanes ? lanes_forward : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp, bias, scale, relu, y,
-                                           static_cast<float*>(ws), ws_bytes);
+  (lanes ? lanes_forward : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
+                                           Epilogue{bias, scale, residual, relu}, y, static_cast<float*>(ws), ws_bytes);
   return true;
 }
-bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, bool, double*, void*, size_t) {
+bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, const double*, bool, double*,
+                    void*, size_t) {
   return false;
 }
 
-// conv(x, w[, b]) -> y. The compiler's fusion passes may add: the attribute relu (max(0, y)), and a
-// folded inference batch norm (attribute bn_eps, inputs gamma, beta, mean and var after the bias):
-// y = (conv + b - mean) * gamma / sqrt(var + eps) + beta, as batch_norm computes it, per filter.
+// conv(x, w[, b]) -> y. The compiler's fusion passes may add (ConvInputs): a folded inference batch
+// norm, y = (conv + b - mean) * gamma / sqrt(var + eps) + beta as batch_norm computes it, a residual
+// added to that, and the attribute relu, max(0, y) last.
 void conv_kernel(const KernelContext& c) {
   const Tensor &x = c.input(0), &w = c.input(1);
   Geom g = make_geom(x.shape(), w.shape(), c.attrs, "conv");
-  const bool relu = c.attrs.i("relu", 0) != 0, bn = c.attrs.has("bn_eps");
-  const int bn_at = c.n_in - 4;  // gamma's position when bn
-  const bool has_bias = c.n_in - (bn ? 4 : 0) > 2;
+  const ConvInputs at(c.n_in, c.attrs);
+  const bool relu = c.attrs.i("relu", 0) != 0;
   const size_t reserved = affine_bytes(c.attrs, g.k, x.dtype());
   void* ws = static_cast<char*>(c.workspace) + reserved;
   const size_t ws_bytes = c.workspace_bytes - reserved;
   KILN_DISPATCH_FLOAT(x.dtype(), "conv", {
     using T = scalar_t;
-    const T* bias = has_bias ? c.input(2).data<T>() : nullptr;
+    const T* bias = at.bias >= 0 ? c.input(at.bias).data<T>() : nullptr;
+    const T* residual = at.residual >= 0 ? c.input(at.residual).data<T>() : nullptr;
     T *scale = nullptr, *shift = nullptr;
-    if (bn) {
+    if (at.bn >= 0) {
       scale = static_cast<T*>(c.workspace), shift = scale + g.k;
-      const T *gamma = c.input(bn_at).data<T>(), *beta = c.input(bn_at + 1).data<T>();
-      const T *mean = c.input(bn_at + 2).data<T>(), *var = c.input(bn_at + 3).data<T>();
+      const T *gamma = c.input(at.bn).data<T>(), *beta = c.input(at.bn + 1).data<T>();
+      const T *mean = c.input(at.bn + 2).data<T>(), *var = c.input(at.bn + 3).data<T>();
       const double eps = c.attrs.f("bn_eps");
       for (int64_t k = 0; k < g.k; ++k) {
         const double a = gamma[k] / std::sqrt(double(var[k]) + eps);
@@ -387,9 +403,9 @@ void conv_kernel(const KernelContext& c) {
       }
     }
     T* y = c.output(0).data<T>();
-    if (direct_kernels(c, g, bn ? shift : bias, scale, relu, y, ws, ws_bytes)) return;
-    conv_forward<T>(g, x.data<T>(), w.data<T>(), bn ? nullptr : bias, y, static_cast<T*>(ws), ws_bytes);
-    affine_relu<T>(y, g.n * g.k, g.k, g.P(), scale, shift, relu);
+    if (direct_kernels(c, g, scale ? shift : bias, scale, residual, relu, y, ws, ws_bytes)) return;
+    conv_forward<T>(g, x.data<T>(), w.data<T>(), scale ? nullptr : bias, y, static_cast<T*>(ws), ws_bytes);
+    affine_relu<T>(y, g.n * g.k, g.k, g.P(), scale, shift, residual, relu);
   });
 }
 
@@ -442,22 +458,30 @@ void check_bias(const Specs& in, int64_t channels, const char* op) {
 }
 
 Specs infer_conv(const Specs& all, const Attrs& a) {
-  const size_t bn = a.has("bn_eps") ? 4 : 0;  // a folded batch norm's statistics come last
-  if (all.size() < 2 + bn || all.size() > 3 + bn)
-    throw Error(bn ? "conv: expects input, weight, an optional bias and the batch norm's gamma, beta, mean and var"
-                   : "conv: expects input, weight and an optional bias");
-  const Specs in(all.begin(), all.end() - bn);
+  const size_t fused = (a.has("bn_eps") ? 4 : 0) + (a.i("residual", 0) ? 1 : 0);
+  if (all.size() < 2 + fused || all.size() > 3 + fused)
+    throw Error(fused ? "conv: expects input, weight, an optional bias and the inputs its fusions add"
+                      : "conv: expects input, weight and an optional bias");
+  const ConvInputs at(all.size(), a);
+  const Specs in(all.begin(), all.begin() + at.plain());
   check_dtypes(in, "conv");
   Geom g = make_geom(in[0].shape, in[1].shape, a, "conv");
   check_bias(in, g.k, "conv");
-  for (size_t i = in.size(); i < all.size(); ++i)
+  const Shape out = out_shape_of(g, in[0].shape[0], g.k);
+  for (int i = at.bn; at.bn >= 0 && i < at.bn + 4; ++i)
     if (all[i].dtype != in[0].dtype || all[i].shape.rank() != 1 || !dims_compatible(all[i].shape[0], g.k))
       throw Error("conv: the folded batch norm's statistics must be " + std::string(dtype_name(in[0].dtype)) +
                   " vectors of the " + std::to_string(g.k) + " filters, got " + specs_str(all));
-  return {TensorSpec{in[0].dtype, out_shape_of(g, in[0].shape[0], g.k)}};
+  if (at.residual >= 0) {
+    const TensorSpec& r = all[at.residual];
+    bool same = r.dtype == in[0].dtype && r.shape.rank() == out.rank();
+    for (int i = 0; same && i < out.rank(); ++i) same = dims_compatible(r.shape[i], out[i]);
+    if (!same)
+      throw Error("conv: the residual must be shaped like the output " + out.str() + ", got " + specs_str(all));
+  }
+  return {TensorSpec{in[0].dtype, out}};
 }
 
-// The transposed convolution's output size: the conv input whose conv output is x.
 Shape transpose_out_shape(const Shape& x, const Shape& w, const Attrs& a) {
   int sp = x.rank() - 2;
   if (sp < 1 || sp > 3 || w.rank() != x.rank())
@@ -522,14 +546,15 @@ void register_conv_ops(OpRegistry& r) {
   cv.num_inputs = -1;
   cv.infer = infer_conv;
   cv.cpu = conv_kernel;
-  cv.attrs.push_back({"bn_eps"});  // likewise: an inference batch norm folded into the convolution
+  cv.attrs.push_back({"bn_eps"});    // likewise: an inference batch norm folded into the convolution
+  cv.attrs.push_back({"residual"});  // likewise: a tensor added to the output (before the ReLU)
   cv.workspace = [](const Specs& in, const Specs&, const Attrs& a) {
     const Geom g = make_geom(in[0].shape, in[1].shape, a, "conv");
     return affine_bytes(a, g.k, in[0].dtype) + workspace_of(g, Pass::forward, in[0].dtype);
   };
   cv.vjp = [](C c) {
-    if (c.attrs().i("relu", 0) || c.attrs().has("bn_eps"))
-      throw Error("conv: a convolution with a fused ReLU or batch norm has no gradient rule");
+    if (c.attrs().i("relu", 0) || c.attrs().has("bn_eps") || c.attrs().i("residual", 0))
+      throw Error("conv: a convolution with a fused ReLU, batch norm or residual has no gradient rule");
     Value gy = c.grads[0], x = c.inputs[0], w = c.inputs[1];
     std::vector<Value> out(c.inputs.size());
     if (c.needs_grad[0]) out[0] = c.graph.apply1("conv_input_grad", {gy, w, x}, c.attrs());

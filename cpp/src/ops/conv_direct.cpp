@@ -138,7 +138,8 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
 // images fill every block.
 template <int R, int KV>
 void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wblock, int64_t grp, int64_t k0,
-                   const float* bias, const float* scale, bool relu, float* y) {
+                   const Epilogue& e, float* y) {
+  const float *bias = e.bias, *scale = e.scale;
   constexpr int64_t kVectors = KV;
   const int64_t cg = d.cg(), T = d.taps(), wq = d.wq(), plane = d.plane(), V = d.vectors(), P = d.oh * d.ow;
   const int64_t nk = std::min(kFilters, d.kg() - k0), total = ns * V;
@@ -180,22 +181,36 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
         const v16 a = splat(scale[grp * d.kg() + k0 + i]), b = splat(bias ? bias[grp * d.kg() + k0 + i] : 0.f);
         for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] * a + b;
       }
-    if (relu)  // fused: max(0, y) while the block is in registers
+    if (e.relu && !e.residual)  // fused: max(0, y) while the block is in registers
       for (int64_t i = 0; i < kFilters; ++i)
         for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] > 0 ? acc[i][j] : 0;
+    // A residual is added to what was just stored (still in L1), and the ReLU after it: a vector of
+    // it would read past the last row of the array.
+    auto add_residual = [&](float* dst, int64_t count) {
+      const float* r = e.residual + (dst - y);
+      for (int64_t q = 0; q < count; ++q) {
+        const float v = dst[q] + r[q];
+        dst[q] = e.relu && !(v > 0) ? 0.f : v;
+      }
+    };
     for (int64_t j = 0; j < nv; ++j) {
       const int64_t v = v0 + j;
       float* yv = y + (v / V) * d.k * P + (grp * d.kg() + k0) * P + d.y_at(v % V);
       if (R == 1 || !d.narrow()) {
-        for (int64_t i = 0; i < nk; ++i) std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
+        for (int64_t i = 0; i < nk; ++i) {
+          std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
+          if (e.residual) add_residual(yv + i * P, d.y_count(v % V));
+        }
         continue;
       }
       const int64_t rows = std::min<int64_t>(R, d.oh - (v % V) * R), lanes = d.lanes_per_row();
       for (int64_t i = 0; i < nk; ++i) {
         float v16_lanes[kLanes];  // a copy: a pointer into acc would keep it out of registers
         std::memcpy(v16_lanes, &acc[i][j], sizeof v16_lanes);
-        for (int64_t r = 0; r < rows; ++r)
+        for (int64_t r = 0; r < rows; ++r) {
           std::memcpy(yv + i * P + r * d.ow, v16_lanes + r * lanes, d.ow * sizeof(float));
+          if (e.residual) add_residual(yv + i * P + r * d.ow, d.ow);
+        }
       }
     }
   }
@@ -285,7 +300,7 @@ int64_t parts_of(const Direct& d, Pass pass, int64_t shared, size_t ws_bytes, in
 
 template <int R>
 void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_stamp, bool flip_transpose,
-                 const float* bias, const float* scale, bool relu, float* y, float* ws, size_t ws_bytes) {
+                 const Epilogue& e, float* y, float* ws, size_t ws_bytes) {
   float* packed = ws;
   const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk;
   const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, chunks), jobs = d.groups * d.blocks();
@@ -321,9 +336,9 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
           const float* wb = packed + j * block_elems;
           const int64_t grp = j / d.blocks(), k0 = j % d.blocks() * kFilters;
           if (by2 * 11 < by3 * 10)
-            forward_block<R, 2>(d, buf, ns, wb, grp, k0, bias, scale, relu, y + n0 * d.k * P);
+            forward_block<R, 2>(d, buf, ns, wb, grp, k0, at_sample(e, n0 * d.k * P), y + n0 * d.k * P);
           else
-            forward_block<R, 3>(d, buf, ns, wb, grp, k0, bias, scale, relu, y + n0 * d.k * P);
+            forward_block<R, 3>(d, buf, ns, wb, grp, k0, at_sample(e, n0 * d.k * P), y + n0 * d.k * P);
         }
       });
     }
@@ -408,19 +423,15 @@ size_t direct_workspace(const Geom& g, Pass pass) {
   return workspace_of(pass == Pass::input_grad ? input_grad_of(g) : forward_of(g), pass);
 }
 
-void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
-                    const float* scale, bool relu, float* out, float* ws, size_t ws_bytes) {
+void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
+                    float* ws, size_t ws_bytes) {
   const Direct d = forward_of(g);
-  with_rows(d, [&](auto r) {
-    run_forward<decltype(r)::value>(d, x, w, w_stamp, false, bias, scale, relu, out, ws, ws_bytes);
-  });
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, x, w, w_stamp, false, e, out, ws, ws_bytes); });
 }
 
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {
   const Direct d = input_grad_of(g);
-  with_rows(d, [&](auto r) {
-    run_forward<decltype(r)::value>(d, gy, w, 0, true, nullptr, nullptr, false, dx, ws, ws_bytes);
-  });
+  with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, gy, w, 0, true, Epilogue{}, dx, ws, ws_bytes); });
 }
 
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes) {

@@ -72,14 +72,28 @@ void shifted_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, si
 template <class T>
 void shifted_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size_t ws_bytes);
 
+// What the float32 forward kernels apply to each output as they store it, in this order: y * scale[k]
+// (a folded batch norm's scale) + bias[k] (its shift, or the convolution's bias) + residual (an
+// (N, K, P) array like the output: a ResNet block's shortcut), then max(0, y) if relu.
+struct Epilogue {
+  const float* bias = nullptr;
+  const float* scale = nullptr;
+  const float* residual = nullptr;
+  bool relu = false;
+};
+// The epilogue of the outputs from element `offset` on (a later sample's).
+inline Epilogue at_sample(Epilogue e, int64_t offset) {
+  if (e.residual) e.residual += offset;
+  return e;
+}
+
 // Direct convolution (conv_direct.cpp): float32, 1-D and 2-D, stride 1, all three passes.
 bool direct_applies(const Geom& g, Pass pass);
 size_t direct_workspace(const Geom& g, Pass pass);
 // w_stamp: the weights' Storage::stamp() when they are a variable's (their packed form is then
 // cached until the variable is written), else 0.
-// scale: a folded batch norm's per-filter scale (bias its shift, added after it), or null.
-void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
-                    const float* scale, bool relu, float* out, float* ws, size_t ws_bytes);
+void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
+                    float* ws, size_t ws_bytes);
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes);
 
@@ -87,7 +101,7 @@ void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* d
 // strides above 1, and stride 1 where it wastes fewer lanes than the direct kernels; the forward only.
 bool lanes_applies(const Geom& g);
 size_t lanes_workspace(const Geom& g);
-void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
-                   const float* scale, bool relu, float* out, float* ws, size_t ws_bytes);
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
+                   float* ws, size_t ws_bytes);
 
 }  // namespace kiln::conv

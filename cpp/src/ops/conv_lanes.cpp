@@ -124,7 +124,7 @@ void block(const Lanes& d, const Src& xs, const float* wb, int64_t oh, int64_t o
 // input is in L1; the weights stream from L2.
 template <int S>
 void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, int64_t b0, int64_t b1,
-                const float* bias, const float* scale, bool relu, float* y) {
+                const Epilogue& e, float* y) {
   const int64_t P = d.oh * d.ow;
   float out[kMaxPixels][kFilters];
   const int tile = pixels_per_block(d.ow);
@@ -160,11 +160,12 @@ void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, 
       }
       const int64_t k0 = b * kFilters, nk = std::min(kFilters, d.k - k0);
       for (int64_t f = 0; f < nk; ++f) {
-        float* yf = y + (k0 + f) * P + oh * d.ow + ow0;
-        const float bf = bias ? bias[k0 + f] : 0.f, sf = scale ? scale[k0 + f] : 1.f;
+        const int64_t at = (k0 + f) * P + oh * d.ow + ow0;
+        float* yf = y + at;
+        const float bf = e.bias ? e.bias[k0 + f] : 0.f, sf = e.scale ? e.scale[k0 + f] : 1.f;
         for (int j = 0; j < np; ++j) {
-          const float v = out[j][f] * sf + bf;
-          yf[j] = relu && v < 0 ? 0.f : v;
+          const float v = out[j][f] * sf + bf + (e.residual ? e.residual[at + j] : 0.f);
+          yf[j] = e.relu && !(v > 0) ? 0.f : v;
         }
       }
     }
@@ -193,8 +194,8 @@ size_t lanes_workspace(const Geom& g) {
   return static_cast<size_t>(d.packed() + pads) * sizeof(float);
 }
 
-void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const float* bias,
-                   const float* scale, bool relu, float* y, float* ws, size_t ws_bytes) {
+void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue, float* y,
+                   float* ws, size_t ws_bytes) {
   const Lanes d = lanes_of(g);
   const float* packed = ws;
   cpu::Derived cached;
@@ -228,11 +229,12 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
         xs = Src{buf, d.wp(), d.plane()};
       }
       float* yn = y + n * d.k * d.oh * d.ow;
+      const Epilogue en = at_sample(epilogue, n * d.k * d.oh * d.ow);
       auto rows = [&](int64_t oh, int64_t b0, int64_t b1) {
         if (d.sw == 2)
-          row_blocks<2>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
+          row_blocks<2>(d, xs, packed, oh, b0, b1, en, yn);
         else
-          row_blocks<0>(d, xs, packed, oh, b0, b1, bias, scale, relu, yn);
+          row_blocks<0>(d, xs, packed, oh, b0, b1, en, yn);
       };
       if (block_outer)  // each filter block runs over every row: its weights are read once
         cpu::parallel_for(d.blocks(), 1, [&](int64_t b0, int64_t b1) {

@@ -475,12 +475,19 @@ def _conv_attrs(n: Node) -> dict[str, Any]:
 
 @_handles("conv")
 def _conv(ex: _Exporter, n: Node) -> list:
-    """Conv, and what kiln's compiler fused into it: an inference batch norm (attribute bn_eps, its
-    gamma, beta, mean and var the last four inputs) and a ReLU."""
-    folded = "bn_eps" in n.attrs
-    y = ex.add("Conv", n.ins[:-4] if folded else n.ins, _conv_attrs(n))
-    if folded:
-        y = ex.add("BatchNormalization", [y, *n.ins[-4:]], {"epsilon": float(n.attrs["bn_eps"])})
+    """Conv, and what kiln's compiler fused into it, in order: an inference batch norm (attribute
+    bn_eps; gamma, beta, mean and var after the bias), a residual added (attribute residual; the
+    last input) and a ReLU."""
+    ins = list(n.ins)
+    residual = ins.pop() if n.attrs.get("residual", 0) else None
+    stats = None
+    if "bn_eps" in n.attrs:
+        stats, ins = ins[-4:], ins[:-4]
+    y = ex.add("Conv", ins, _conv_attrs(n))
+    if stats:
+        y = ex.add("BatchNormalization", [y, *stats], {"epsilon": float(n.attrs["bn_eps"])})
+    if residual is not None:
+        y = ex.add("Add", [y, residual])
     return [ex.add("Relu", [y]) if n.attrs.get("relu", 0) else y]
 
 
