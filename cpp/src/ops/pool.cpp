@@ -230,7 +230,8 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
       max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1);
       continue;
     }
-    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
+    if (ow_lo > 0)  // (a call with nothing to do cost as much as a vector: planes of 32x32 have one a row)
+      max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
     auto vector_at = [&](int64_t ow) {
       const int64_t base = h0 * W + 2 * ow - pw;  // negative in a clipped first row: a starts past it
       f16v best;
@@ -264,7 +265,8 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
     };
     for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) vector_at(ow);
     if (tail >= 0) vector_at(tail);
-    max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
+    if (vec_done < OW)
+      max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
   }
 }
 
