@@ -150,11 +150,12 @@ void gemm_rows(int m, int n, int k, const float* a, int lda, const float* bt, fl
   // k in slices of 256: a slice of a panel of Bt (32 KB) stays in L1 while every block of rows runs
   // against it. Unsliced, each block streamed the whole panel (1 MB at k = 8192) from L3 again.
   constexpr int kSlice = 256;
-  // Rows in blocks as even as 6 allows (32 rows: 6 6 5 5 5 5, not 6 6 6 6 6 2). Jobs are panels of
-  // columns, or halves of the rows of one where there are fewer panels than threads; dealt to the
-  // threads in turn, a thread's share mixes full panels and the narrow last one.
+  // Rows in blocks as even as 6 allows (32 rows: 6 6 5 5 5 5, not 6 6 6 6 6 2). Jobs are the two
+  // halves of the rows of each panel of columns, dealt to the threads in turn: whole panels would
+  // leave a thread idle beside a narrow last one (100 columns: 3 panels and 4 columns; 32 x 3072 x
+  // 100 67 -> 63 us).
   const int panels = (n + kRowsPanel - 1) / kRowsPanel, blocks = (m + kRowsBlock - 1) / kRowsBlock;
-  const int halves = panels < num_threads() && blocks >= 2 ? 2 : 1;
+  const int halves = blocks >= 2 && num_threads() > 1 ? 2 : 1;
   const int64_t jobs = int64_t(panels) * halves, threads = std::min<int64_t>(num_threads(), jobs);
   parallel_for(threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
