@@ -167,9 +167,10 @@ bool plain_max_windows(const PoolGeom& g) { return g.in[0] == 1 && g.ker[0] == 1
 // which lets the compiler unroll the window (3x faster than the general loop). Every window holds
 // at least one pixel (padding is at most half the kernel).
 template <class T, int KH, int KW, int S>
-void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t kh_,
-                    int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph, int64_t pw, int64_t oh0 = 0, int64_t oh1 = -1,
-                    int64_t ow0 = 0, int64_t ow1 = -1) {
+__attribute__((always_inline)) inline void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW,
+                                                          int64_t H, int64_t W, int64_t kh_, int64_t kw_, int64_t sh_,
+                                                          int64_t sw_, int64_t ph, int64_t pw, int64_t oh0 = 0,
+                                                          int64_t oh1 = -1, int64_t ow0 = 0, int64_t ow1 = -1) {
   const int64_t kh = KH > 0 ? KH : kh_, kw = KW > 0 ? KW : kw_, sh = S > 0 ? S : sh_, sw = S > 0 ? S : sw_;
   if (oh1 < 0) oh1 = OH;
   if (ow1 < 0) ow1 = OW;
@@ -235,7 +236,7 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
     auto vector_at = [&](int64_t ow) {
       const int64_t base = h0 * W + 2 * ow - pw;  // negative in a clipped first row: a starts past it
       f16v best;
-      i16v arg;
+      i16v arg, nan{};
       for (int a = a_lo; a < a_hi; ++a) {
         f16v col[3];  // the window row's pixels b = 0, 1 (, 2) of each of the 16 windows
         f16v lo, hi;
@@ -251,13 +252,22 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
         for (int b = 0; b < K; ++b) {
           const i16v offset = i16v{} + static_cast<int32_t>(a * W + b);
           if (a == a_lo && b == 0) {
-            best = col[0], arg = offset;
+            best = col[0], arg = offset, nan = col[0] != col[0];
             continue;
           }
-          const i16v take = (col[b] > best) | ((col[b] != col[b]) & (best == best));
-          best = take ? col[b] : best;
-          if constexpr (kIndices) arg = take ? offset : arg;
+          if constexpr (kIndices) {
+            const i16v take = (col[b] > best) | ((col[b] != col[b]) & (best == best));
+            best = take ? col[b] : best;
+            arg = take ? offset : arg;
+          } else {  // values only: a plain maximum, and the windows that saw a NaN made NaN at the end
+            best = best > col[b] ? best : col[b];
+            nan |= col[b] != col[b];
+          }
         }
+      }
+      if constexpr (!kIndices) {
+        const f16v quiet = f16v{} + __builtin_nanf("");
+        best = nan != 0 ? quiet : best;
       }
       std::memcpy(out + oh * OW + ow, &best, sizeof best);
       if constexpr (kIndices)
