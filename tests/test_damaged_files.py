@@ -153,15 +153,15 @@ BAD_FILES = {
     ),
     "format_99": (
         _edit_header(lambda h: _set(h["__metadata__"], "kiln.format", "99")),
-        ["version '99'", "1 to 1", "newer kiln"],
+        ["version '99'", "1 to 2", "newer kiln"],
     ),
     "format_0": (
         _edit_header(lambda h: _set(h["__metadata__"], "kiln.format", "0")),
-        ["version '0'", "1 to 1"],
+        ["version '0'", "1 to 2"],
     ),
     "format_not_a_number": (
         _edit_header(lambda h: _set(h["__metadata__"], "kiln.format", "one")),
-        ["version 'one'", "1 to 1"],
+        ["version 'one'", "1 to 2"],
     ),
     "no_kiln_metadata": (_edit_header(lambda h: h.pop("__metadata__")), ["not a kiln file", "kiln.format"]),
     "no_graph": (_edit_header(lambda h: h["__metadata__"].pop("kiln.graph")), ["no kiln.graph"]),

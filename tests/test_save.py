@@ -322,6 +322,20 @@ def test_safetensors_reads_every_variable_with_its_current_value(tmp_path):
         assert _fn(_graph(header), function)["nodes"][int(node)]["tensor"] == name
 
 
+def test_a_file_of_format_version_1_still_loads(tmp_path):
+    """Version 2 added fused convolutions to what a program may hold; a version-1 file (one
+    without them: an MLP) loads and runs as before."""
+    _, _, _, predict = _mlp()
+    path = tmp_path / "model.kiln"
+    kn.save(path, predict, name="predict")
+    header, data = _split(path.read_bytes())
+    assert header["__metadata__"]["kiln.format"] == "2"
+    header["__metadata__"]["kiln.format"] = "1"
+    path.write_bytes(_join(header, data))
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(kn.load(path)(x), predict(x))
+
+
 def test_file_layout_is_aligned_and_tensors_are_raw_little_endian(tmp_path):
     model, opt, step, predict = _convnet()
     for xb, yb in _image_batches(2):
@@ -333,7 +347,7 @@ def test_file_layout_is_aligned_and_tensors_are_raw_little_endian(tmp_path):
     header, data = _split(raw)
     assert (8 + n) % 64 == 0
     meta = header.pop("__metadata__")
-    assert meta["kiln.format"] == "1" and set(meta) == {"kiln.format", "kiln.graph"}
+    assert meta["kiln.format"] == "2" and set(meta) == {"kiln.format", "kiln.graph"}
     graph = json.loads(meta["kiln.graph"])
     assert set(graph) == {"functions", "variables"}
     for f in graph["functions"]:

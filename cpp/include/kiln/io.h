@@ -12,8 +12,10 @@
 
 namespace kiln {
 
-// The format version this kiln writes; it reads this one and every older one.
-constexpr int kFileFormat = 1;
+// The format version this kiln writes; it reads this one and every older one. 2 (2026-11-30): an
+// inference program may hold what the compiler fused (conv's attributes bn_eps and residual with
+// their inputs, max_pool's values_only), which a reader of version 1 does not know. 1: the first.
+constexpr int kFileFormat = 2;
 
 // The functions of one .kiln file, in the order they were saved; they share one variable store
 // (a training step's updates are what the inference function then reads).
