@@ -272,13 +272,13 @@ struct FoldedBn {
 // CPU writes it (y > 0 ? y : 0: a NaN becomes 0).
 template <class T, class Idx>
 __global__ void epilogue_kernel(int64_t n, int64_t P, int64_t K, T* __restrict__ y, const T* __restrict__ bias,
-                                FoldedBn<T> bn, const T* __restrict__ residual, bool relu) {
+                                FoldedBn<T> bn, const T* __restrict__ residual, int64_t residual_sample, bool relu) {
   KILN_GRID_LOOP(i, n) {
     const Idx k = (static_cast<Idx>(i) / static_cast<Idx>(P)) % static_cast<Idx>(K);
     T v = y[i];
     if (bias) v += bias[k];
     if (bn.gamma) v = (v - bn.mean[k]) * T(double(bn.gamma[k]) / sqrt(double(bn.var[k]) + bn.eps)) + bn.beta[k];
-    if (residual) v += residual[i];
+    if (residual) v += residual[residual_sample ? static_cast<Idx>(i) % static_cast<Idx>(residual_sample) : i];
     if (relu) v = v > T(0) ? v : T(0);
     y[i] = v;
   }
@@ -297,6 +297,8 @@ void epilogue(const KernelContext& c, Tensor& y, bool fused, const char* op) {
   KILN_DISPATCH_FLOAT(y.dtype(), op, {
     const scalar_t* b = bias ? bias->data<scalar_t>() : nullptr;
     const scalar_t* r = has_residual ? c.input(c.n_in - 1).data<scalar_t>() : nullptr;
+    // one sample's residual added to every sample: a batch of 1 (see ops/conv.cpp)
+    const int64_t sample = r && c.input(c.n_in - 1).shape()[0] == 1 && y.shape()[0] > 1 ? K * P : 0;
     FoldedBn<scalar_t> f;
     if (bn) {
       const int at = plain;
@@ -305,10 +307,10 @@ void epilogue(const KernelContext& c, Tensor& y, bool fused, const char* op) {
     }
     if (n <= INT_MAX)  // 32-bit division where it will do: several times cheaper than 64-bit
       epilogue_kernel<scalar_t, int32_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, relu);
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, sample, relu);
     else
       epilogue_kernel<scalar_t, int64_t>
-          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, relu);
+          <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, sample, relu);
   });
   check_launch(op);
 }

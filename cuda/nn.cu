@@ -497,8 +497,8 @@ void ce_grad_typed(const KernelContext& c) {
 void register_nn_kernels(OpRegistry& r) {
   r.set_cuda_kernel("batch_norm", [](const KernelContext& c) {
 #ifdef KILN_WITH_CUDNN
-    if (cudnn_batch_norm(c, c.attrs.f("eps")) && c.input(0).numel() / c.input(0).shape()[1] > 1)
-      return batch_norm_cudnn(c);
+    const Shape& xs = c.input(0).shape();
+    if (cudnn_batch_norm(c, c.attrs.f("eps")) && xs[1] > 0 && c.input(0).numel() > xs[1]) return batch_norm_cudnn(c);
 #endif
     KILN_DISPATCH_FLOAT(c.input(0).dtype(), "batch_norm", batch_norm_typed<scalar_t>(c));
   });

@@ -186,3 +186,40 @@ def test_inference_adds_the_shortcut_inside_the_convolution(tmp_path, dtype, wid
     kn.save(tmp_path / "fused.kiln", f, name="predict")
     for got, ref in zip(kn.load(tmp_path / "fused.kiln")(xv), want):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "dtype, width",
+    [("float32", 16), ("float32", 14), ("float64", 14)],
+    ids=["direct", "filter lanes", "float64"],
+)
+def test_a_fused_residual_of_a_batch_of_one_is_added_to_every_sample(dtype, width):
+    """Two unknown batches may differ at run time: a residual of batch 1 fused into a convolution of
+    batch 3 is added to every sample, as the unfused add broadcasts it (a training function keeps the
+    add apart: the reference)."""
+    rng = np.random.default_rng(10)
+    c = 32
+    xv = rng.standard_normal((3, c, width, width)).astype(dtype)
+    rv = rng.standard_normal((1, c, width, width)).astype(dtype)
+    wv = rng.standard_normal((c, c, 3, 3)).astype(dtype) * 0.2
+    x, r = kn.input("x", (None, c, width, width), dtype), kn.input("r", (None, c, width, width), dtype)
+    y = kn.relu(kn.conv2d(x, kn.constant(wv, dtype=dtype), padding=1) + r)
+    fused = kn.function([x, r], y, training=False)
+    assert "residual=1" in str(fused)
+    want = np.maximum(np_conv(xv.astype(np.float64), wv.astype(np.float64), padding=1) + rv, 0)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(fused(xv, rv), want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fused(xv, np.broadcast_to(rv, xv.shape).copy()), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("stride, padding", [(2, 1), (1, 0)])
+def test_convolution_of_no_channels_is_its_bias(stride, padding):
+    """No input channels: every output is a sum of nothing plus the bias (the filter-lane kernel
+    takes no such layer)."""
+    x = kn.input("x", (1, 0, 8, 8))
+    b = np.arange(4, dtype=np.float32)
+    y = kn.conv2d(
+        x, kn.constant(np.zeros((4, 0, 3, 3), np.float32)), kn.constant(b), stride=stride, padding=padding
+    )
+    out = kn.function([x], y, training=False)(np.zeros((1, 0, 8, 8), np.float32))
+    np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], out.shape))

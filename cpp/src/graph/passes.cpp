@@ -169,7 +169,13 @@ void fold_residual_into_conv(Program& p) {
       ProgramNode& c = p.nodes[out.node];
       if (!is_op(c, "conv") || c.attrs.i("relu", 0) || c.attrs.i("residual", 0) || uses[out.node][0] != 1) continue;
       if (other.node >= out.node) continue;  // the convolution runs first, so r must be ready by then
-      if (!(p.nodes[other.node].outputs[other.index] == c.outputs[0]) || !(n.outputs[0] == c.outputs[0])) continue;
+      // No broadcast: the same shapes, of which only the batch may be unknown (two unknown batches
+      // may still differ at run time, but only as a batch of 1 added to every sample, which the
+      // convolution takes too).
+      const TensorSpec& r = p.nodes[other.node].outputs[other.index];
+      bool known = true;
+      for (int i = 1; i < r.shape.rank(); ++i) known = known && r.shape[i] >= 0;
+      if (!known || !(r == c.outputs[0]) || !(n.outputs[0] == c.outputs[0])) continue;
       c.inputs.push_back(other);
       c.attrs.set("residual", int64_t{1});
       return out;  // the add's readers now read the convolution

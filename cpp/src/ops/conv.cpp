@@ -341,14 +341,16 @@ size_t affine_bytes(const Attrs& a, int64_t k, DType dtype) {
   return a.has("bn_eps") ? static_cast<size_t>((2 * k * dtype_size(dtype) + 63) / 64 * 64) : 0;
 }
 
-// y = y * scale[k] + shift[k] + residual (any may be null), then max(0, y) if relu; y is (N, K, P).
+// y = y * scale[k] + shift[k] + residual (any may be null), then max(0, y) if relu; y is (N, K, P),
+// the residual too, or (1, K, P) where `shared` (added to every sample).
 template <class T>
-void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T* shift, const T* residual, bool relu) {
+void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T* shift, const T* residual, bool shared,
+                 bool relu) {
   if (!scale && !shift && !residual && !relu) return;
   cpu::parallel_for(nk, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(P, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* row = y + r * P;
-      const T* res = residual ? residual + r * P : nullptr;
+      const T* res = residual ? residual + (shared ? r % k : r) * P : nullptr;
       const T s = scale ? scale[r % k] : T(1), t = shift ? shift[r % k] : T(0);
       for (int64_t i = 0; i < P; ++i) {
         const T v = (scale ? row[i] * s + t : row[i] + t) + (res ? res[i] : T(0));
@@ -360,17 +362,18 @@ void affine_relu(T* y, int64_t nk, int64_t k, int64_t P, const T* scale, const T
 
 // The float32 direct kernels, which apply the epilogue as they store; false where neither applies.
 bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, const float* residual,
-                    bool relu, float* y, void* ws, size_t ws_bytes) {
+                    bool shared, bool relu, float* y, void* ws, size_t ws_bytes) {
   const bool lanes = lanes_applies(g);
   if (!lanes && !direct_applies(g, Pass::forward)) return false;
   // inference functions keep variables' packed weights; a training step changes them every call
   const Tensor& w = c.input(1);
   const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
   (lanes ? lanes_forward : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
-                                           Epilogue{bias, scale, residual, relu}, y, static_cast<float*>(ws), ws_bytes);
+                                           Epilogue{bias, scale, residual, relu, shared ? g.k * g.P() : 0}, y,
+                                           static_cast<float*>(ws), ws_bytes);
   return true;
 }
-bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, const double*, bool, double*,
+bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, const double*, bool, bool, double*,
                     void*, size_t) {
   return false;
 }
@@ -390,6 +393,8 @@ void conv_kernel(const KernelContext& c) {
     using T = scalar_t;
     const T* bias = at.bias >= 0 ? c.input(at.bias).data<T>() : nullptr;
     const T* residual = at.residual >= 0 ? c.input(at.residual).data<T>() : nullptr;
+    // a batch of 1 added to a larger one (the residual's batch was unknown when the add was fused)
+    const bool shared = residual && c.input(at.residual).shape()[0] == 1 && g.n > 1;
     T *scale = nullptr, *shift = nullptr;
     if (at.bn >= 0) {
       scale = static_cast<T*>(c.workspace), shift = scale + g.k;
@@ -403,9 +408,9 @@ void conv_kernel(const KernelContext& c) {
       }
     }
     T* y = c.output(0).data<T>();
-    if (direct_kernels(c, g, scale ? shift : bias, scale, residual, relu, y, ws, ws_bytes)) return;
+    if (direct_kernels(c, g, scale ? shift : bias, scale, residual, shared, relu, y, ws, ws_bytes)) return;
     conv_forward<T>(g, x.data<T>(), w.data<T>(), scale ? nullptr : bias, y, static_cast<T*>(ws), ws_bytes);
-    affine_relu<T>(y, g.n * g.k, g.k, g.P(), scale, shift, residual, relu);
+    affine_relu<T>(y, g.n * g.k, g.k, g.P(), scale, shift, residual, shared, relu);
   });
 }
 
@@ -472,10 +477,11 @@ Specs infer_conv(const Specs& all, const Attrs& a) {
     if (all[i].dtype != in[0].dtype || all[i].shape.rank() != 1 || !dims_compatible(all[i].shape[0], g.k))
       throw Error("conv: the folded batch norm's statistics must be " + std::string(dtype_name(in[0].dtype)) +
                   " vectors of the " + std::to_string(g.k) + " filters, got " + specs_str(all));
-  if (at.residual >= 0) {
+  if (at.residual >= 0) {  // shaped like the output, or a batch of 1 (added to every sample)
     const TensorSpec& r = all[at.residual];
     bool same = r.dtype == in[0].dtype && r.shape.rank() == out.rank();
-    for (int i = 0; same && i < out.rank(); ++i) same = dims_compatible(r.shape[i], out[i]);
+    for (int i = 0; same && i < out.rank(); ++i)
+      same = dims_compatible(r.shape[i], out[i]) || (i == 0 && r.shape[0] == 1);
     if (!same)
       throw Error("conv: the residual must be shaped like the output " + out.str() + ", got " + specs_str(all));
   }

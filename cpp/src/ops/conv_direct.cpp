@@ -187,7 +187,8 @@ void forward_block(const Direct& d, const float* xp, int64_t ns, const float* wb
     // A residual is added to what was just stored (still in L1), and the ReLU after it: a vector of
     // it would read past the last row of the array.
     auto add_residual = [&](float* dst, int64_t count) {
-      const float* r = e.residual + (dst - y);
+      const int64_t at = dst - y;
+      const float* r = e.residual + (e.residual_sample ? at % e.residual_sample : at);
       for (int64_t q = 0; q < count; ++q) {
         const float v = dst[q] + r[q];
         dst[q] = e.relu && !(v > 0) ? 0.f : v;
@@ -410,7 +411,7 @@ void with_rows(const Direct& d, F&& fn) {
 bool direct_applies(const Geom& g, Pass pass) {
   // 2-D (or 1-D), stride 1, kernels up to 8x8, rows of 4, 8 or at least 12 pixels
   if (g.ker[0] != 1 || g.in[0] != 1 || g.stride[1] != 1 || g.stride[2] != 1 || g.kk() > kMaxTaps ||
-      !rows_per_vector(g.out[2]))
+      !rows_per_vector(g.out[2]) || g.c <= 0 || g.k <= 0)  // (no channels: the GEMM path's zeros)
     return false;
   // the input gradient, a convolution producing the input: its padding (the kernel's extent less
   // the forward's) must not be negative, and its rows must suit the vectors too

@@ -80,10 +80,12 @@ struct Epilogue {
   const float* scale = nullptr;
   const float* residual = nullptr;
   bool relu = false;
+  // One sample's residual added to every sample (a batch of 1 broadcast): its elements, else 0.
+  int64_t residual_sample = 0;
 };
 // The epilogue of the outputs from element `offset` on (a later sample's).
 inline Epilogue at_sample(Epilogue e, int64_t offset) {
-  if (e.residual) e.residual += offset;
+  if (e.residual && !e.residual_sample) e.residual += offset;
   return e;
 }
 

@@ -180,7 +180,8 @@ bool reads_no_padding(const Lanes& d) { return d.pt == 0 && d.pl == 0 && d.hp() 
 }  // namespace
 
 bool lanes_applies(const Geom& g) {
-  if (g.groups != 1 || g.ker[0] != 1 || g.in[0] != 1 || g.out[1] <= 0 || g.out[2] <= 0) return false;
+  if (g.groups != 1 || g.ker[0] != 1 || g.in[0] != 1 || g.out[1] <= 0 || g.out[2] <= 0 || g.c <= 0 || g.k <= 0)
+    return false;
   if (g.stride[1] > 1 || g.stride[2] > 1) return true;
   // Stride 1 as well where conv_direct.cpp's vectors of 16 pixels would leave lanes empty (rows of 7, 14, 28 or
   // 56 fill 7/8 of them) and the filters fill whole blocks: ResNet's layers at 224x224 ran 10-20% faster so.
