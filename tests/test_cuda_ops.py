@@ -145,6 +145,23 @@ def test_inference_conv_with_folded_batch_norm_matches_the_cpu(bias, residual):
 
 
 @needs_device
+def test_a_fused_residual_of_a_batch_of_one_matches_the_cpu():
+    """A residual whose unknown batch is 1 at run time, fused into a convolution of batch 3: the
+    GPU's epilogue adds it to every sample, as the CPU does."""
+    rng = np.random.default_rng(7)
+    c = 32
+    xv = rng.standard_normal((3, c, 14, 14)).astype(np.float32)
+    rv = rng.standard_normal((1, c, 14, 14)).astype(np.float32)
+    x, r = kn.input("x", (None, c, 14, 14)), kn.input("r", (None, c, 14, 14))
+    w = kn.constant(rng.standard_normal((c, c, 3, 3)).astype(np.float32) * 0.1)
+    y = kn.relu(kn.conv2d(x, w, padding=1) + r)
+    cpu = kn.function([x, r], y, training=False)
+    assert "residual=1" in str(cpu)
+    gpu = kn.function([x, r], y, training=False, device="cuda")
+    np.testing.assert_allclose(gpu(xv, rv), cpu(xv, rv), rtol=1e-4, atol=1e-4)
+
+
+@needs_device
 @pytest.mark.parametrize("draw", ["uniform", "normal", "dropout"])
 def test_random_draws_equal_the_cpu(draw):
     x = kn.input("x", (64, 1000))
