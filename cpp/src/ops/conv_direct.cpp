@@ -108,12 +108,21 @@ void pack_block(const Direct& d, const float* w, bool flip_transpose, int64_t j,
 }
 
 // The sample's input, zero-padded: buf[c][hp][wq] with x at (pt, pl).
+// Each element written once: the padding zeroed around the copied rows, not the whole buffer first
+// (at batch 1 the pad is the serial part of a small layer).
 void pad_sample(const Direct& d, const float* x, float* buf) {
-  const int64_t hp = d.hp(), wq = d.wq();
-  std::fill(buf, buf + d.padded(), 0.f);
-  for (int64_t c = 0; c < d.c; ++c)
-    for (int64_t i = 0; i < d.h; ++i)
-      std::memcpy(buf + (c * hp + i + d.pt) * wq + d.pl, x + (c * d.h + i) * d.w, d.w * sizeof(float));
+  const int64_t hp = d.hp(), wq = d.wq(), tail = std::max<int64_t>(0, wq - d.pl - d.w);
+  for (int64_t c = 0; c < d.c; ++c) {
+    float* plane = buf + c * hp * wq;
+    std::fill(plane, plane + d.pt * wq, 0.f);
+    for (int64_t i = 0; i < d.h; ++i) {
+      float* row = plane + (i + d.pt) * wq;
+      std::fill(row, row + d.pl, 0.f);
+      std::memcpy(row + d.pl, x + (c * d.h + i) * d.w, d.w * sizeof(float));
+      std::fill(row + d.pl + d.w, row + d.pl + d.w + tail, 0.f);
+    }
+    std::fill(plane + (d.pt + d.h) * wq, plane + hp * wq, 0.f);
+  }
 }
 
 // The sample's output gradient transposed, pixels by filters: buf[p][grp][kg16], zero for the
