@@ -12,6 +12,7 @@
 
 #include "cudnn.cuh"
 #include "kiln/cuda.h"
+#include "ops/conv_inputs.h"
 #endif
 
 namespace kiln::cuda {
@@ -284,27 +285,23 @@ __global__ void epilogue_kernel(int64_t n, int64_t P, int64_t K, T* __restrict__
   }
 }
 
-// The epilogue of conv (bias at input 2 if any, then a folded batch norm's four statistics and a residual where the
-// compiler fused them: ops/conv.cpp's ConvInputs) and of conv_transpose (bias only).
-void epilogue(const KernelContext& c, Tensor& y, bool fused, const char* op) {
-  const bool bn = fused && c.attrs.has("bn_eps"), relu = fused && c.attrs.i("relu", 0) != 0;
-  const bool has_residual = fused && c.attrs.i("residual", 0) != 0;
-  const int plain = c.n_in - (bn ? 4 : 0) - (has_residual ? 1 : 0);
-  const Tensor* bias = plain > 2 ? &c.input(2) : nullptr;
+// The epilogue of conv (its bias, and what the compiler fused: ops/conv_inputs.h) and of conv_transpose
+// (bias only).
+void epilogue(const KernelContext& c, Tensor& y, const char* op) {
+  const conv::ConvInputs at(c.n_in, c.attrs);
+  const bool relu = c.attrs.i("relu", 0) != 0;
   const int64_t n = y.numel();
-  if ((!bias && !bn && !has_residual && !relu) || n == 0) return;
+  if ((at.bias < 0 && at.bn < 0 && at.residual < 0 && !relu) || n == 0) return;
   const int64_t K = y.shape()[1], P = n / (y.shape()[0] * K);
   KILN_DISPATCH_FLOAT(y.dtype(), op, {
-    const scalar_t* b = bias ? bias->data<scalar_t>() : nullptr;
-    const scalar_t* r = has_residual ? c.input(c.n_in - 1).data<scalar_t>() : nullptr;
+    const scalar_t* b = at.bias >= 0 ? c.input(at.bias).data<scalar_t>() : nullptr;
+    const scalar_t* r = at.residual >= 0 ? c.input(at.residual).data<scalar_t>() : nullptr;
     // one sample's residual added to every sample: a batch of 1 (see ops/conv.cpp)
-    const int64_t sample = r && c.input(c.n_in - 1).shape()[0] == 1 && y.shape()[0] > 1 ? K * P : 0;
+    const int64_t sample = r && c.input(at.residual).shape()[0] == 1 && y.shape()[0] > 1 ? K * P : 0;
     FoldedBn<scalar_t> f;
-    if (bn) {
-      const int at = plain;
-      f = {c.input(at).data<scalar_t>(), c.input(at + 1).data<scalar_t>(), c.input(at + 2).data<scalar_t>(),
-           c.input(at + 3).data<scalar_t>(), c.attrs.f("bn_eps")};
-    }
+    if (at.bn >= 0)
+      f = {c.input(at.bn).data<scalar_t>(), c.input(at.bn + 1).data<scalar_t>(), c.input(at.bn + 2).data<scalar_t>(),
+           c.input(at.bn + 3).data<scalar_t>(), c.attrs.f("bn_eps")};
     if (n <= INT_MAX)  // 32-bit division where it will do: several times cheaper than 64-bit
       epilogue_kernel<scalar_t, int32_t>
           <<<blocks_for(n), kThreads, 0, stream()>>>(n, P, K, y.data<scalar_t>(), b, f, r, sample, relu);
@@ -327,7 +324,7 @@ void conv(const KernelContext& c) {
     zero_fill(y, "conv");
   else
     run(Pass::forward, g, x.dtype(), "conv", x.raw(), w.raw(), y.raw());
-  epilogue(c, y, true, "conv");
+  epilogue(c, y, "conv");
 }
 
 // conv_input_grad(gy, w, x_ref) -> dx
@@ -353,7 +350,7 @@ void conv_transpose(const KernelContext& c) {
     zero_fill(y, "conv_transpose");
   else
     run(Pass::input_grad, g, x.dtype(), "conv_transpose", x.raw(), w.raw(), y.raw());
-  epilogue(c, y, false, "conv_transpose");
+  epilogue(c, y, "conv_transpose");
 }
 
 // conv_weight_grad(gy, x, w_ref) -> dw

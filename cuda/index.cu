@@ -25,22 +25,6 @@ constexpr int64_t kMax32 = int64_t(1) << 30;
 template <class T>
 using bits_t = std::conditional_t<sizeof(T) == 1, uint8_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
 
-// Runs f(T{}) with T the unsigned integer as wide as the dtype's elements.
-template <class F>
-void by_size(DType dtype, const char* op, F f) {
-  const size_t es = dtype_size(dtype);
-  if (es == 1)
-    f(uint8_t{});
-  else if (es == 2)
-    f(uint16_t{});
-  else if (es == 4)
-    f(uint32_t{});
-  else if (es == 8)
-    f(uint64_t{});
-  else
-    throw Error(std::string(op) + ": dtype " + dtype_name(dtype) + " is not supported");
-}
-
 // Runs f(Idx{}) with Idx the C++ type of the indices (int32 or int64, as inference checked).
 template <class F>
 void by_index(const Tensor& idx, F f) {
@@ -123,8 +107,9 @@ void take_kernel(const KernelContext& c) {
   const AxisSplit a = split_at(x.shape(), normalize_axis(c.attrs.i("axis"), x.rank(), "take"));
   if (y.numel() == 0) return;
   // Any dtype, as the CPU's memcpy: dispatch on the element size alone.
-  by_size(x.dtype(), "take",
-          [&](auto t) { by_index(idx, [&](auto i) { launch_take<decltype(t), decltype(i)>(x, idx, y, a); }); });
+  dispatch_by_size(x.dtype(), "take", [&](auto t) {
+    by_index(idx, [&](auto i) { launch_take<decltype(t), decltype(i)>(x, idx, y, a); });
+  });
   check_launch("take");
 }
 
@@ -273,7 +258,7 @@ void one_hot_kernel(const KernelContext& c) {
     const scalar_t v = static_cast<scalar_t>(1.0);
     std::memcpy(&one, &v, sizeof v);  // little-endian host and device: the low bytes are the value
   });
-  by_size(y.dtype(), "one_hot", [&](auto t) {
+  dispatch_by_size(y.dtype(), "one_hot", [&](auto t) {
     using T = decltype(t);
     by_index(idx, [&](auto i) {
       one_hot_set<<<blocks_for(m), kThreads, 0, stream()>>>(m, idx.data<decltype(i)>(), y.data<T>(), classes, T(one));

@@ -149,8 +149,9 @@ void permute_kernel(const KernelContext& c) {
     p.in_stride[i] = xs[static_cast<int>(normalize_axis(dims[i], p.rank, "permute"))];
   }
   // Moved by element size: the values are only copied.
-  KILN_DISPATCH_BY_SIZE(x.dtype(), "permute", {
-    permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<scalar_t>(), y.data<scalar_t>(), p);
+  dispatch_by_size(x.dtype(), "permute", [&](auto t) {
+    using T = decltype(t);
+    permute_gather<<<blocks_for(n), kThreads, 0, stream()>>>(n, x.data<T>(), y.data<T>(), p);
   });
   check_launch("permute");
 }

@@ -28,22 +28,6 @@ uint64_t fill_bits(DType dtype, double value, const char* op) {
   return bits;
 }
 
-// Runs f(T{}) with T the unsigned integer as wide as the dtype's elements.
-template <class F>
-void by_size(DType dtype, const char* op, F f) {
-  const size_t es = dtype_size(dtype);
-  if (es == 1)
-    f(uint8_t{});
-  else if (es == 2)
-    f(uint16_t{});
-  else if (es == 4)
-    f(uint32_t{});
-  else if (es == 8)
-    f(uint64_t{});
-  else
-    throw Error(std::string(op) + ": dtype " + dtype_name(dtype) + " is not supported");
-}
-
 // ---- strided box copy ----
 
 // dst[dst0 + sum idx[d] * dst[d]] = src[src0 + sum idx[d] * src[d]] for every idx in extent; strides
@@ -126,7 +110,7 @@ void copy_box(const Tensor& src, Tensor& dst, const Box& b, const char* op) {
     return;
   }
   const bool small = src.numel() <= kMax32 && dst.numel() <= kMax32;
-  by_size(src.dtype(), op, [&](auto t) { launch_box<decltype(t)>(n, x, y, b, small); });
+  dispatch_by_size(src.dtype(), op, [&](auto t) { launch_box<decltype(t)>(n, x, y, b, small); });
   check_launch(op);
 }
 
@@ -135,7 +119,7 @@ void copy_box(const Tensor& src, Tensor& dst, const Box& b, const char* op) {
 void broadcast_kernel(const KernelContext& c) {
   const Tensor& x = c.input(0);
   Tensor& y = c.output(0);
-  KILN_DISPATCH_BY_SIZE(x.dtype(), "broadcast_to", {});  // the dtypes the CPU's kernel takes
+  dispatch_by_size(x.dtype(), "broadcast_to", [](auto) {});  // the dtypes the CPU's kernel takes
   if (y.numel() == 0) return;
   const Shape* shapes[1] = {&x.shape()};
   const cpu::Broadcast<1> bc(y.shape(), shapes);  // y's shape with the input's strides, 0 where broadcast
@@ -158,7 +142,7 @@ void fill(Tensor& t, double value, const char* op) {
     check(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()), op);
     return;
   }
-  by_size(t.dtype(), op, [&](auto v) {
+  dispatch_by_size(t.dtype(), op, [&](auto v) {
     using T = decltype(v);
     fill_bits_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(n, t.data<T>(), T(bits));
   });
@@ -290,7 +274,7 @@ void pad_kernel(const KernelContext& c) {
   }
   bool small = n <= kMax32 && x.numel() <= kMax32;
   for (int d = 0; d < p.rank; ++d) small = small && p.before[d] <= kMax32 && p.before[d] >= -kMax32;
-  by_size(y.dtype(), "pad", [&](auto t) { launch_pad<decltype(t)>(n, x.raw(), y.raw(), p, bits, small); });
+  dispatch_by_size(y.dtype(), "pad", [&](auto t) { launch_pad<decltype(t)>(n, x.raw(), y.raw(), p, bits, small); });
   check_launch("pad");
 }
 

@@ -58,32 +58,22 @@ Error unsupported_dtype(const std::string& op, DType t);
     KILN_DISPATCH_DEFAULT(dtype, opname);        \
   }
 
-// Runs the code with `scalar_t` an unsigned integer as wide as the dtype's elements: for kernels
-// that move elements without looking at them (so float16 too).
-#define KILN_DISPATCH_BY_SIZE(dtype, opname, ...)     \
-  switch (::kiln::dtype_size(dtype)) {                \
-    case 1: {                                         \
-      using scalar_t = uint8_t;                       \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case 2: {                                         \
-      using scalar_t = uint16_t;                      \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case 4: {                                         \
-      using scalar_t = uint32_t;                      \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case 8: {                                         \
-      using scalar_t = uint64_t;                      \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    default:                                          \
-      throw ::kiln::unsupported_dtype(opname, dtype); \
+// Runs f(T{}) with T the unsigned integer as wide as the dtype's elements: for kernels that move
+// elements without looking at them (so float16 too).
+template <class F>
+void dispatch_by_size(DType dtype, const char* op, F&& f) {
+  switch (dtype_size(dtype)) {
+    case 1:
+      return f(uint8_t{});
+    case 2:
+      return f(uint16_t{});
+    case 4:
+      return f(uint32_t{});
+    case 8:
+      return f(uint64_t{});
+    default:
+      throw unsupported_dtype(op, dtype);
   }
+}
 
 }  // namespace kiln

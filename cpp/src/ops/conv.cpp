@@ -11,6 +11,7 @@
 #include "cpu/parallel.h"
 #include "ops/common.h"
 #include "ops/conv_geom.h"
+#include "ops/conv_inputs.h"
 
 namespace kiln {
 using namespace ops;
@@ -321,20 +322,6 @@ size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   const size_t elem = dtype_size(dtype);
   return shifted_applies(g) ? shifted_workspace(g, pass, elem) : g.workspace(pass, elem);
 }
-
-// Where a conv node's optional inputs sit: x, w, then the bias, a folded batch norm's gamma, beta,
-// mean and var (attribute bn_eps), and a residual added before the ReLU (attribute residual), each
-// where present; the last two fused by the compiler (graph/passes.cpp), never by users.
-struct ConvInputs {
-  int bias = -1, bn = -1, residual = -1;
-  ConvInputs(size_t n_in, const Attrs& a) {
-    int next = static_cast<int>(n_in);
-    if (a.i("residual", 0)) residual = --next;
-    if (a.has("bn_eps")) bn = next -= 4;
-    if (next > 2) bias = 2;
-  }
-  int plain() const { return bias >= 0 ? 3 : 2; }  // the inputs before the fused ones
-};
 
 // Bytes of the workspace that hold a folded batch norm's scale and shift, ahead of the algorithm's.
 size_t affine_bytes(const Attrs& a, int64_t k, DType dtype) {

@@ -128,16 +128,18 @@ void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool ta, bool tb, bool 
   });
 }
 
-// float16 products run in float32 (numpy's BLAS has no half GEMM either) and round once at the end.
+// float16 products run in float32 (numpy's BLAS has no half GEMM either) and round once at the end;
+// the float32 copies of A, B and the product live in the planned workspace.
 template <class From, class To>
-Tensor converted(const Tensor& x, DType dtype) {
-  Tensor y = Tensor::empty(x.shape(), dtype);
-  const From* in = x.data<From>();
-  To* out = y.data<To>();
-  cpu::parallel_for(x.numel(), 16384, [&](int64_t i0, int64_t i1) {
+void convert(const From* in, To* out, int64_t n) {
+  cpu::parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = To(float(in[i]));
   });
-  return y;
+}
+
+size_t half_matmul_workspace(const std::vector<TensorSpec>& in, const std::vector<TensorSpec>& out, const Attrs&) {
+  if (in[0].dtype != DType::float16) return 0;
+  return static_cast<size_t>(in[0].shape.numel() + in[1].shape.numel() + out[0].shape.numel()) * sizeof(float);
 }
 
 void matmul_kernel(const KernelContext& c) {
@@ -145,10 +147,14 @@ void matmul_kernel(const KernelContext& c) {
   Tensor& C = c.output(0);
   const bool ta = c.attrs.i("transpose_a", 0), tb = c.attrs.i("transpose_b", 0);
   if (A.dtype() != DType::float16) return matmul(A, B, C, ta, tb, c.training);
-  Tensor product = Tensor::empty(C.shape(), DType::float32);
-  matmul(converted<half, float>(A, DType::float32), converted<half, float>(B, DType::float32), product, ta, tb,
-         c.training);
-  C.copy_from(converted<float, half>(product, DType::float16));
+  float* ws = static_cast<float*>(c.workspace);
+  Tensor a = Tensor::from_blob(ws, A.shape(), DType::float32, nullptr);
+  Tensor b = Tensor::from_blob(ws + A.numel(), B.shape(), DType::float32, nullptr);
+  Tensor product = Tensor::from_blob(ws + A.numel() + B.numel(), C.shape(), DType::float32, nullptr);
+  convert(A.data<half>(), a.data<float>(), A.numel());
+  convert(B.data<half>(), b.data<float>(), B.numel());
+  matmul(a, b, product, ta, tb, c.training);
+  convert(product.data<float>(), C.data<half>(), C.numel());
 }
 
 void permute_kernel(const KernelContext& c) {
@@ -163,7 +169,8 @@ void permute_kernel(const KernelContext& c) {
   const int64_t n = y.numel();
   if (n == 0) return;
   const int64_t inner = r ? os[r - 1] : 1, sin = r ? st[r - 1] : 1;
-  KILN_DISPATCH_BY_SIZE(x.dtype(), "permute", {
+  dispatch_by_size(x.dtype(), "permute", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
     const scalar_t* in = x.data<scalar_t>();
     scalar_t* out = y.data<scalar_t>();
     cpu::parallel_for(n / inner, std::max<int64_t>(1, 8192 / inner), [&](int64_t r0, int64_t r1) {
@@ -198,6 +205,7 @@ void register_linalg_ops(OpRegistry& r) {
     return std::vector<TensorSpec>{{in[0].dtype, out}};
   };
   mm.cpu = matmul_kernel;
+  mm.workspace = half_matmul_workspace;
   mm.vjp = [](C c) {
     Value A = c.inputs[0], B = c.inputs[1], G = c.grads[0];
     bool ta = c.attrs().i("transpose_a", 0), tb = c.attrs().i("transpose_b", 0);

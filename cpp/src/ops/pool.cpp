@@ -167,10 +167,9 @@ bool plain_max_windows(const PoolGeom& g) { return g.in[0] == 1 && g.ker[0] == 1
 // which lets the compiler unroll the window (3x faster than the general loop). Every window holds
 // at least one pixel (padding is at most half the kernel).
 template <class T, int KH, int KW, int S>
-__attribute__((always_inline)) inline void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW,
-                                                          int64_t H, int64_t W, int64_t kh_, int64_t kw_, int64_t sh_,
-                                                          int64_t sw_, int64_t ph, int64_t pw, int64_t oh0 = 0,
-                                                          int64_t oh1 = -1, int64_t ow0 = 0, int64_t ow1 = -1) {
+void max_pool_plane(const T* plane, T* out, int64_t* idx, int64_t OH, int64_t OW, int64_t H, int64_t W, int64_t kh_,
+                    int64_t kw_, int64_t sh_, int64_t sw_, int64_t ph, int64_t pw, int64_t oh0 = 0, int64_t oh1 = -1,
+                    int64_t ow0 = 0, int64_t ow1 = -1) {
   const int64_t kh = KH > 0 ? KH : kh_, kw = KW > 0 ? KW : kw_, sh = S > 0 ? S : sh_, sw = S > 0 ? S : sw_;
   if (oh1 < 0) oh1 = OH;
   if (ow1 < 0) ow1 = OW;

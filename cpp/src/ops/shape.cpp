@@ -102,7 +102,8 @@ Specs infer_reshape_like(const Specs& in, const Attrs&) {
 }
 
 void broadcast_kernel(const KernelContext& c) {
-  KILN_DISPATCH_BY_SIZE(c.input(0).dtype(), "broadcast_to", cpu::broadcast_copy<scalar_t>(c.input(0), c.output(0)));
+  dispatch_by_size(c.input(0).dtype(), "broadcast_to",
+                   [&](auto t) { cpu::broadcast_copy<decltype(t)>(c.input(0), c.output(0)); });
 }
 
 Shape check_broadcastable(const Shape& x, const Shape& to, const char* op) {
