@@ -356,6 +356,15 @@ DIRECT_CASES = {
     "one 7x7 image: blocks of 2 vectors": ((1, 24, 7, 7), (20, 24, 3, 3), dict(padding=1)),
     "rows of 6 and 5": ((2, 8, 6, 7), (8, 8, 3, 3), dict(padding=(1, 0))),
     "rows of 3: four rows a vector": ((3, 4, 5, 4), (6, 4, 3, 2), dict(padding=(1, 0))),
+    # one sample of enough rows: each thread takes a band of rows and pads what it reads
+    "one sample in bands, groups, dilation 2": (
+        (1, 8, 20, 24),
+        (12, 4, 3, 3),
+        dict(padding=2, dilation=2, groups=2),
+    ),
+    "one sample in bands, rows of 8": ((1, 16, 24, 8), (16, 16, 3, 3), dict(padding=1)),
+    "one sample in bands, rows of 4": ((1, 8, 40, 4), (8, 8, 3, 3), dict(padding=(0, 1))),
+    "1-d, one sample in bands": ((1, 6, 300), (10, 6, 5), dict(padding=2)),
 }
 
 

@@ -15,8 +15,8 @@ import kiln as kn
 # every stride above 1, and stride 1 where rows of 7, 14, ... pixels would leave the direct kernel's
 # vectors part empty. Cases cover rows that end in a short block (20 = 7 + 7 + 6), a filter block
 # past the last filter (K = 40), 1x1 layers read in place (no padding), uneven strides and stride 3
-# (the stride not a compile-time constant), dilation, 1-D, one sample (rows spread over threads)
-# and more samples than threads (a sample per thread).
+# (the stride not a compile-time constant), dilation, 1-D, one sample (a band of rows per thread,
+# each padding what it reads) and more samples than threads (a sample per thread).
 LANES_CASES = {
     "7x7 stride 2 stem, 3 channels": ((1, 3, 40, 40), (64, 3, 7, 7), dict(stride=2, padding=3)),
     "3x3 stride 2, K = 40, five samples": ((5, 16, 15, 15), (40, 16, 3, 3), dict(stride=2, padding=1)),
@@ -26,6 +26,12 @@ LANES_CASES = {
     "1-d stride 2": ((3, 6, 50), (32, 6, 5), dict(stride=2, padding=2)),
     "stride 1, rows of 14": ((2, 16, 14, 14), (32, 16, 3, 3), dict(padding=1)),
     "stride 1, one 7x7 sample": ((1, 32, 7, 7), (64, 32, 3, 3), dict(padding=1)),
+    "one sample, strides (2, 3), dilation 2": (
+        (1, 8, 17, 23),
+        (32, 8, 3, 3),
+        dict(stride=(2, 3), padding=2, dilation=2),
+    ),
+    "one sample, 1x1 stride 2, read in place": ((1, 24, 14, 14), (40, 24, 1, 1), dict(stride=2)),
 }
 
 
@@ -223,3 +229,38 @@ def test_convolution_of_no_channels_is_its_bias(stride, padding):
     )
     out = kn.function([x], y, training=False)(np.zeros((1, 0, 8, 8), np.float32))
     np.testing.assert_array_equal(out, np.broadcast_to(b[None, :, None, None], out.shape))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_one_sample_splits_its_rows_over_any_number_of_threads(threads):
+    """At batch 1 each thread computes every filter of a band of output rows and pads the rows it
+    reads (conv_direct.cpp, conv_lanes.cpp). A ResNet block, compiled for this machine's pool and run
+    on other sizes (one thread; more threads than the workspace has buffers for), against numpy:
+    the direct kernel with a fused ReLU, the strided filter-lane kernel, and a stride-1 filter-lane
+    convolution adding a 1x1 projection as its residual."""
+    rng = np.random.default_rng(11)
+    xv = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
+    w1 = rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.2
+    w2 = rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.2
+    w3 = rng.standard_normal((32, 32, 3, 3)).astype(np.float32) * 0.2
+    wp = rng.standard_normal((32, 16, 1, 1)).astype(np.float32) * 0.2
+    x = kn.input("x", (None, 16, 20, 20))
+    h = kn.relu(kn.conv2d(x, kn.Parameter(w1), padding=1))
+    g = kn.relu(kn.conv2d(h, kn.Parameter(w2), stride=2, padding=1))
+    y = kn.relu(kn.conv2d(g, kn.Parameter(w3), padding=1) + kn.conv2d(h, kn.Parameter(wp), stride=2))
+    f = kn.function([x], y, training=False)
+    assert "residual=1" in str(f)
+
+    def conv(a, w, **kw):
+        return np_conv(a, w.astype(np.float64), **kw)
+
+    hv = np.maximum(conv(xv.astype(np.float64), w1, padding=1), 0)
+    gv = np.maximum(conv(hv, w2, stride=2, padding=1), 0)
+    want = np.maximum(conv(gv, w3, padding=1) + conv(hv, wp, stride=2), 0)
+    before = kn.num_threads()
+    try:
+        kn.set_num_threads(threads)
+        for _ in range(2):
+            np.testing.assert_allclose(f(xv), want, rtol=1e-4, atol=1e-4)
+    finally:
+        kn.set_num_threads(before)

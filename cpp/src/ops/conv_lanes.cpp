@@ -64,23 +64,21 @@ void pack(const Lanes& d, const float* w, float* packed) {
   });
 }
 
-// One sample's input, zero-padded: buf[c][hp][wp].
-void pad_sample(const Lanes& d, const float* x, float* buf) {
-  const int64_t hp = d.hp(), wp = d.wp(), lo = std::min(d.pl, wp), len = std::max<int64_t>(0, std::min(d.w, wp - d.pl));
-  cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t i = 0; i < hp; ++i) {
-        float* row = buf + (c * hp + i) * wp;
-        const int64_t src = i - d.pt;
-        if (src < 0 || src >= d.h) {
-          std::fill(row, row + wp, 0.f);
-          continue;
-        }
-        std::fill(row, row + lo, 0.f);
-        std::memcpy(row + lo, x + (c * d.h + src) * d.w, len * sizeof(float));
-        std::fill(row + lo + len, row + wp, 0.f);
+// Rows [r0, r1) of channels [c0, c1) of one sample's input, zero-padded: buf[c][hp][wp].
+void pad_rows(const Lanes& d, const float* __restrict x, float* __restrict buf, int64_t c0, int64_t c1, int64_t r0,
+              int64_t r1) {
+  const int64_t hp = d.hp(), wp = d.wp(), pl = d.pl, w = d.w;
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t r = r0; r < r1; ++r) {
+      float* __restrict row = buf + (c * hp + r) * wp;
+      const int64_t src = r - d.pt;
+      if (src < 0 || src >= d.h) {
+        for (int64_t j = 0; j < wp; ++j) row[j] = 0.f;
+        continue;
       }
-  });
+      const float* __restrict xr = x + (c * d.h + src) * w;
+      for (int64_t j = 0; j < wp; ++j) row[j] = j >= pl && j - pl < w ? xr[j - pl] : 0.f;  // vectorized
+    }
 }
 
 // A sample's input as the blocks read it: the padded copy, or x itself where no padding is read.
@@ -219,6 +217,35 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
   constexpr int64_t kSmallInput = 512 << 10;
   const bool block_outer = d.padded() * int64_t(sizeof(float)) <= kSmallInput && d.blocks() >= 2;
   const int64_t slots = padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : d.n;
+  auto rows = [&](const Src& xs, int64_t oh, int64_t b0, int64_t b1, const Epilogue& en, float* yn) {
+    // Strides 1 and 2 and kernels 3 wide (most networks') as constants: the block's loads then have
+    // constant offsets and its loop over the kernel's columns unrolls (stride-2 layers 25% faster).
+    auto run = d.kw == 3 ? (d.sw == 1   ? row_blocks<1, 3>
+                            : d.sw == 2 ? row_blocks<2, 3>
+                                        : row_blocks<0, 3>)
+                         : (d.sw == 1   ? row_blocks<1, 0>
+                            : d.sw == 2 ? row_blocks<2, 0>
+                                        : row_blocks<0, 0>);
+    run(d, xs, packed, oh, b0, b1, en, yn);
+  };
+  // One sample: each thread computes every filter of a band of output rows, padding just the input
+  // rows it reads into its own buffer, so that it reads what it wrote in the layer before (see
+  // conv_direct.cpp's bands).
+  const int64_t bands = d.n == 1 ? std::min({slots, int64_t(cpu::num_threads()), d.oh / 2}) : 1;
+  if (bands > 1) {
+    run_parts(bands, [&](int64_t part) {
+      const int64_t oh0 = d.oh * part / bands, oh1 = d.oh * (part + 1) / bands;
+      Src xs{x, d.w, d.h * d.w};
+      if (padding) {
+        float* buf = ws + d.packed() + part * d.padded();
+        pad_rows(d, x, buf, 0, d.c, oh0 * d.sh, (oh1 - 1) * d.sh + (d.kh - 1) * d.dh + 1);
+        xs = Src{buf, d.wp(), d.plane()};
+      }
+      for (int64_t b = 0; b < d.blocks(); ++b)  // a block's weights read once a band
+        for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, b, b + 1, epilogue, y);
+    });
+    return;
+  }
   // A batch of at least a sample per thread: each thread takes whole samples. Fewer: the rows of each sample
   // spread over the pool.
   const int64_t parts = d.n >= cpu::num_threads() ? std::min(slots, int64_t(cpu::num_threads())) : 1;
@@ -228,31 +255,21 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
       const float* xn = x + n * d.c * d.h * d.w;
       Src xs{xn, d.w, d.h * d.w};
       if (padding) {
-        pad_sample(d, xn, buf);
+        cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) { pad_rows(d, xn, buf, c0, c1, 0, d.hp()); });
         xs = Src{buf, d.wp(), d.plane()};
       }
       float* yn = y + n * d.k * d.oh * d.ow;
       const Epilogue en = at_sample(epilogue, n * d.k * d.oh * d.ow);
-      // Strides 1 and 2 and kernels 3 wide (most networks') as constants: the block's loads then have
-      // constant offsets and its loop over the kernel's columns unrolls (stride-2 layers 25% faster).
-      auto rows = [&](int64_t oh, int64_t b0, int64_t b1) {
-        auto run = d.kw == 3 ? (d.sw == 1   ? row_blocks<1, 3>
-                                : d.sw == 2 ? row_blocks<2, 3>
-                                            : row_blocks<0, 3>)
-                             : (d.sw == 1   ? row_blocks<1, 0>
-                                : d.sw == 2 ? row_blocks<2, 0>
-                                            : row_blocks<0, 0>);
-        run(d, xs, packed, oh, b0, b1, en, yn);
-      };
       if (block_outer)  // each filter block runs over every row: its weights are read once
         cpu::parallel_for(d.blocks(), 1, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b)
-            for (int64_t oh = 0; oh < d.oh; ++oh) rows(oh, b, b + 1);
+            for (int64_t oh = 0; oh < d.oh; ++oh) rows(xs, oh, b, b + 1, en, yn);
         });
       else
         cpu::parallel_for(d.oh * groups, 1, [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r)
-            rows(r / groups, r % groups * kBlocksPerTask, std::min(d.blocks(), (r % groups + 1) * kBlocksPerTask));
+            rows(xs, r / groups, r % groups * kBlocksPerTask, std::min(d.blocks(), (r % groups + 1) * kBlocksPerTask),
+                 en, yn);
         });
     }
   });
