@@ -194,6 +194,23 @@ def test_inference_adds_the_shortcut_inside_the_convolution(tmp_path, dtype, wid
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("width, batch", [(20, 2), (20, 1), (8, 3), (4, 1)], ids=lambda v: str(v))
+def test_the_direct_kernel_adds_a_residual_to_whole_and_partial_vectors(width, batch):
+    """The direct kernel adds a fused residual to whole vectors of 16 pixels in registers and to the
+    rest (rows of 20 end in a vector of 4; rows of 8 and 4 share a vector) after storing them; 24
+    filters keep the filter-lane kernel out. Against numpy, with the ReLU after the add."""
+    rng = np.random.default_rng(12)
+    c, k = 8, 24
+    xv = rng.standard_normal((batch, c, 12, width)).astype(np.float32)
+    rv = rng.standard_normal((batch, k, 12, width)).astype(np.float32)
+    wv = rng.standard_normal((k, c, 3, 3)).astype(np.float32) * 0.3
+    x, r = kn.input("x", (None, c, 12, width)), kn.input("r", (None, k, 12, width))
+    f = kn.function([x, r], kn.relu(kn.conv2d(x, kn.Parameter(wv), padding=1) + r), training=False)
+    assert "residual=1" in str(f)
+    want = np.maximum(np_conv(xv.astype(np.float64), wv.astype(np.float64), padding=1) + rv, 0)
+    np.testing.assert_allclose(f(xv, rv), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "dtype, width",
     [("float32", 16), ("float32", 14), ("float64", 14)],

@@ -145,6 +145,19 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
     }
 }
 
+// count lanes of a vector, stored to dst: part of a vector (the end of a row, or a row
+// of a vector holding several), out of the hot loop. A residual is added to what was just stored
+// (still in L1), and the ReLU after it: a vector of it would read past the last row of the array.
+__attribute__((noinline)) void store_lanes(float* dst, const float* lanes, int64_t count, const float* residual,
+                                           bool relu) {
+  std::memcpy(dst, lanes, count * sizeof(float));
+  if (!residual) return;
+  for (int64_t q = 0; q < count; ++q) {
+    const float v = dst[q] + residual[q];
+    dst[q] = relu && !(v > 0) ? 0.f : v;
+  }
+}
+
 // y[k][...] for filters [k0, k0 + 8) of group grp and vectors [vb, ve) of ns padded samples' (vector
 // v is vector v % V of sample v / V): blocks of KV vectors (3, or 2 where that wastes fewer: the 4
 // vectors of one 7x7 image) run across the samples, so small images fill every block.
@@ -188,43 +201,54 @@ void forward_block(const Direct& d, const float* xp, int64_t vb, int64_t ve, con
         }
       }
     }
+    // Loops over the block run to its constant size, the filters and vectors past the last skipped:
+    // indexed by a bound known only at run time, the accumulators went to the stack.
     if (scale)  // a folded batch norm: y * scale + shift while the block is in registers
-      for (int64_t i = 0; i < nk; ++i) {
+#pragma GCC unroll 8
+      for (int64_t i = 0; i < kFilters; ++i) {
+        if (i >= nk) break;
         const v16 a = splat(scale[grp * d.kg() + k0 + i]), b = splat(bias ? bias[grp * d.kg() + k0 + i] : 0.f);
+#pragma GCC unroll 3
         for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] * a + b;
       }
     if (e.relu && !e.residual)  // fused: max(0, y) while the block is in registers
       for (int64_t i = 0; i < kFilters; ++i)
         for (int64_t j = 0; j < kVectors; ++j) acc[i][j] = acc[i][j] > 0 ? acc[i][j] : 0;
-    // A residual is added to what was just stored (still in L1), and the ReLU after it: a vector of
-    // it would read past the last row of the array.
-    auto add_residual = [&](float* dst, int64_t count) {
+    auto residual_at = [&](const float* dst) {
       const int64_t at = dst - y;
-      const float* r = e.residual + (e.residual_sample ? at % e.residual_sample : at);
-      for (int64_t q = 0; q < count; ++q) {
-        const float v = dst[q] + r[q];
-        dst[q] = e.relu && !(v > 0) ? 0.f : v;
-      }
+      return e.residual + (e.residual_sample ? at % e.residual_sample : at);
     };
-    for (int64_t j = 0; j < nv; ++j) {
+    auto store_part = [&](float* dst, v16 value, int64_t from, int64_t count) {
+      float lanes[kLanes];  // a copy: a pointer into acc would keep it out of registers
+      std::memcpy(lanes, &value, sizeof lanes);
+      store_lanes(dst, lanes + from, count, e.residual ? residual_at(dst) : nullptr, e.relu);
+    };
+#pragma GCC unroll 3
+    for (int64_t j = 0; j < kVectors; ++j) {
+      if (j >= nv) break;
       const int64_t v = v0 + j;
       float* yv = y + (v / V) * d.k * P + (grp * d.kg() + k0) * P + d.y_at(v % V);
       if (R == 1 || !d.narrow()) {
-        for (int64_t i = 0; i < nk; ++i) {
-          std::memcpy(yv + i * P, &acc[i][j], d.y_count(v % V) * sizeof(float));
-          if (e.residual) add_residual(yv + i * P, d.y_count(v % V));
+        const int64_t count = d.y_count(v % V);
+#pragma GCC unroll 8
+        for (int64_t i = 0; i < kFilters; ++i) {
+          if (i >= nk) break;
+          if (count < kLanes) {
+            store_part(yv + i * P, acc[i][j], 0, count);
+            continue;
+          }
+          v16 out = acc[i][j];  // a whole vector: the residual and ReLU in registers
+          if (e.residual) {
+            out += load<v16>(residual_at(yv + i * P));
+            if (e.relu) out = out > 0 ? out : 0;
+          }
+          std::memcpy(yv + i * P, &out, sizeof out);
         }
         continue;
       }
       const int64_t rows = std::min<int64_t>(R, d.oh - (v % V) * R), lanes = d.lanes_per_row();
-      for (int64_t i = 0; i < nk; ++i) {
-        float v16_lanes[kLanes];  // a copy: a pointer into acc would keep it out of registers
-        std::memcpy(v16_lanes, &acc[i][j], sizeof v16_lanes);
-        for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(yv + i * P + r * d.ow, v16_lanes + r * lanes, d.ow * sizeof(float));
-          if (e.residual) add_residual(yv + i * P + r * d.ow, d.ow);
-        }
-      }
+      for (int64_t i = 0; i < nk; ++i)
+        for (int64_t r = 0; r < rows; ++r) store_part(yv + i * P + r * d.ow, acc[i][j], r * lanes, d.ow);
     }
   }
 }
