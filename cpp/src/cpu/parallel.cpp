@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -60,7 +61,7 @@ class Pool {
     cv_.notify_all();
     run_chunks(region, chunks);
     // Workers usually finish within microseconds: spin before sleeping.
-    for (int spin = 0; spin < kSpins && pending_.load(std::memory_order_acquire) > 0; ++spin) pause();
+    spin_while([&] { return pending_.load(std::memory_order_acquire) > 0; });
     if (pending_.load(std::memory_order_acquire) > 0) {
       std::unique_lock<std::mutex> lk(mu_);
       done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
@@ -75,14 +76,23 @@ class Pool {
   }
 
  private:
-  // Spinning this long (tens of microseconds) before blocking keeps back-to-back small kernels
-  // from paying a futex wake-up each; nothing else competes for these cores (BLAS runs in them).
-  static constexpr int kSpins = 20000;
+  // Threads spin this long for the next region or chunk before they block. Back-to-back small
+  // kernels then pay no futex wake-up each, and, on the virtual machine measured here, a worker
+  // that had blocked for a 50 ms pause ran the next 30 calls of a small model at one thread's
+  // speed (its virtual CPU, idle, is slow to get its core back): with 0.5 ms of spinning the
+  // two-layer net at batch 32 took 84-104 us a call after such a pause, with 10 ms 62-75 us.
+  // Intel's OpenMP spins 200 ms by default; nothing else competes for these cores (BLAS runs in them).
+  static constexpr auto kSpinTime = std::chrono::milliseconds(10);
 
-  static void pause() {
+  template <class Busy>
+  static void spin_while(Busy busy) {
+    const auto until = std::chrono::steady_clock::now() + kSpinTime;
+    for (int i = 1; busy(); ++i) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
+      if (i % 256 == 0 && std::chrono::steady_clock::now() > until) return;  // the clock every few us
+    }
   }
 
   // Chunks go to whichever thread claims them first, not to a thread each: a worker that starts
@@ -120,9 +130,7 @@ class Pool {
 
   void loop(uint64_t seen) {
     for (;;) {
-      for (int spin = 0; spin < kSpins && generation_.load(std::memory_order_acquire) == seen && !stopping_flag_.load();
-           ++spin)
-        pause();
+      spin_while([&] { return generation_.load(std::memory_order_acquire) == seen && !stopping_flag_.load(); });
       int chunks;
       {
         std::unique_lock<std::mutex> lk(mu_);
