@@ -179,6 +179,10 @@ TEST(Conv, MatchesDirectLoopsWithStridePaddingAndGroups) {
         }
 }
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include "cpu/parallel.h"
 
 TEST(ThreadPool, AnErrorInAnyChunkReachesTheCallerAndThePoolKeepsWorking) {
@@ -194,6 +198,26 @@ TEST(ThreadPool, AnErrorInAnyChunkReachesTheCallerAndThePoolKeepsWorking) {
     for (int64_t i = b; i < e; ++i) hits[i] += 1;
   });
   for (int64_t h : hits) ASSERT_EQ(h, 1);
+}
+
+TEST(ThreadPool, EveryIndexRunsOnceWhateverThreadTakesItsChunk) {
+  // Chunks go to their own threads first and to whichever thread is free after: over many regions of
+  // uneven chunks (one of them slow, so that others take the chunks of a busy thread), with pools of
+  // 1 to 5 threads and back, each index is run exactly once and in a region of its own.
+  const int before = kiln::num_threads();
+  for (int threads : {1, 2, 3, 5, 2}) {
+    kiln::set_num_threads(threads);
+    for (int region = 0; region < 200; ++region) {
+      const int64_t n = 1 + region % 37;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      kiln::cpu::parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        if (b == 0 && region % 10 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+      });
+      for (auto& h : hits) ASSERT_EQ(h.load(), 1) << threads << " threads, region " << region;
+    }
+  }
+  kiln::set_num_threads(before);
 }
 
 TEST(Cuda, AFunctionOnTheGpuNamesTheOpsWithoutAKernelOrWhyThereIsNoGpu) {

@@ -362,12 +362,10 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
   float* packed = ws;
   const int64_t chunk = forward_chunk(d), chunks = (d.n + chunk - 1) / chunk, P = d.oh * d.ow, V = d.vectors();
   const int64_t jobs = d.groups * d.blocks();
-  // One sample with enough vectors: each thread computes every filter of a band of its rows, padding
-  // just the rows it reads into its own buffer. The threads then write, and the next layer reads,
-  // the same rows: split by filters, half of each layer's input came from the other core's cache
-  // (ResNet-8 at batch 1 ran 1.4x slower on two cores than on one where the host placed the two
-  // virtual CPUs far apart).
-  const int64_t band_parts = chunks == 1 ? std::min<int64_t>(cpu::num_threads(), V / 4) : 1;
+  // One sample: in bands of rows (rows_in_bands), each thread computing every filter of its rows and
+  // padding just the rows it reads into its own buffer.
+  const int64_t band_parts =
+      chunks == 1 && rows_in_bands(d.padded(), d.packed()) ? std::min<int64_t>(cpu::num_threads(), V / 4) : 1;
   const bool bands = band_parts > 1;
   std::shared_ptr<const std::vector<float>> cached;
   if (w_stamp && !flip_transpose) {  // a variable's weights in an inference call: packed once

@@ -228,10 +228,10 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
                                         : row_blocks<0, 0>);
     run(d, xs, packed, oh, b0, b1, en, yn);
   };
-  // One sample: each thread computes every filter of a band of output rows, padding just the input
-  // rows it reads into its own buffer, so that it reads what it wrote in the layer before (see
-  // conv_direct.cpp's bands).
-  const int64_t bands = d.n == 1 ? std::min({slots, int64_t(cpu::num_threads()), d.oh / 2}) : 1;
+  // One sample: in bands of output rows (rows_in_bands), each thread computing every filter of its
+  // rows and padding just the input rows it reads into its own buffer.
+  const int64_t bands =
+      d.n == 1 && rows_in_bands(d.padded(), d.packed()) ? std::min({slots, int64_t(cpu::num_threads()), d.oh / 2}) : 1;
   if (bands > 1) {
     run_parts(bands, [&](int64_t part) {
       const int64_t oh0 = d.oh * part / bands, oh1 = d.oh * (part + 1) / bands;
@@ -241,8 +241,11 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
         pad_rows(d, x, buf, 0, d.c, oh0 * d.sh, (oh1 - 1) * d.sh + (d.kh - 1) * d.dh + 1);
         xs = Src{buf, d.wp(), d.plane()};
       }
-      for (int64_t b = 0; b < d.blocks(); ++b)  // a block's weights read once a band
-        for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, b, b + 1, epilogue, y);
+      if (block_outer)  // a block's weights read once a band
+        for (int64_t b = 0; b < d.blocks(); ++b)
+          for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, b, b + 1, epilogue, y);
+      else  // a row's input read from L1 by every block
+        for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, 0, d.blocks(), epilogue, y);
     });
     return;
   }
