@@ -48,6 +48,29 @@ struct Geom {
   }
 };
 
+// A sample's input (c, h, w) as the direct kernels read it, zero-padded: planes of hp rows of pitch
+// floats, x at row pt and column pl; rows and columns past the input are zeros.
+struct Padding {
+  int64_t h, w, hp, pitch, pt, pl;
+};
+
+// Rows [r0, r1) of channels [c0, c1) of the padded input. Each element is written once, by a select
+// the compiler vectorizes whole rows of (memcpy and fill per row cost 35% more on rows of 32).
+inline void pad_rows(const Padding& p, const float* __restrict x, float* __restrict buf, int64_t c0, int64_t c1,
+                     int64_t r0, int64_t r1) {
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t r = r0; r < r1; ++r) {
+      float* __restrict row = buf + (c * p.hp + r) * p.pitch;
+      const int64_t src = r - p.pt;
+      if (src < 0 || src >= p.h) {
+        for (int64_t j = 0; j < p.pitch; ++j) row[j] = 0.f;
+        continue;
+      }
+      const float* __restrict xr = x + (c * p.h + src) * p.w;
+      for (int64_t j = 0; j < p.pitch; ++j) row[j] = j >= p.pl && j - p.pl < p.w ? xr[j - p.pl] : 0.f;
+    }
+}
+
 // At batch 1 a direct convolution splits its output rows into bands, a band a thread, where the
 // sample's (padded) input is at least half as large as its weights: a thread then reads the rows it
 // wrote in the layer before, where split by filters half of each layer's input came from the other

@@ -38,6 +38,7 @@ struct Lanes {
   int64_t hp() const { return (oh - 1) * sh + (kh - 1) * dh + 1; }
   int64_t wp() const { return (ow - 1) * sw + (kw - 1) * dw + 1; }
   int64_t plane() const { return hp() * wp(); }
+  Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
   int64_t padded() const { return c * plane(); }
   int64_t taps() const { return kh * kw; }
   int64_t blocks() const { return (k + kFilters - 1) / kFilters; }
@@ -62,23 +63,6 @@ void pack(const Lanes& d, const float* w, float* packed) {
           for (int64_t t = 0; t < T; ++t) out[(c * T + t) * kFilters + f] = w[((b * kFilters + f) * C + c) * T + t];
     }
   });
-}
-
-// Rows [r0, r1) of channels [c0, c1) of one sample's input, zero-padded: buf[c][hp][wp].
-void pad_rows(const Lanes& d, const float* __restrict x, float* __restrict buf, int64_t c0, int64_t c1, int64_t r0,
-              int64_t r1) {
-  const int64_t hp = d.hp(), wp = d.wp(), pl = d.pl, w = d.w;
-  for (int64_t c = c0; c < c1; ++c)
-    for (int64_t r = r0; r < r1; ++r) {
-      float* __restrict row = buf + (c * hp + r) * wp;
-      const int64_t src = r - d.pt;
-      if (src < 0 || src >= d.h) {
-        for (int64_t j = 0; j < wp; ++j) row[j] = 0.f;
-        continue;
-      }
-      const float* __restrict xr = x + (c * d.h + src) * w;
-      for (int64_t j = 0; j < wp; ++j) row[j] = j >= pl && j - pl < w ? xr[j - pl] : 0.f;  // vectorized
-    }
 }
 
 // A sample's input as the blocks read it: the padded copy, or x itself where no padding is read.
@@ -238,7 +222,7 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
       Src xs{x, d.w, d.h * d.w};
       if (padding) {
         float* buf = ws + d.packed() + part * d.padded();
-        pad_rows(d, x, buf, 0, d.c, oh0 * d.sh, (oh1 - 1) * d.sh + (d.kh - 1) * d.dh + 1);
+        pad_rows(d.padding(), x, buf, 0, d.c, oh0 * d.sh, (oh1 - 1) * d.sh + (d.kh - 1) * d.dh + 1);
         xs = Src{buf, d.wp(), d.plane()};
       }
       if (block_outer)  // a block's weights read once a band
@@ -258,7 +242,7 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
       const float* xn = x + n * d.c * d.h * d.w;
       Src xs{xn, d.w, d.h * d.w};
       if (padding) {
-        cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) { pad_rows(d, xn, buf, c0, c1, 0, d.hp()); });
+        cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) { pad_rows(d.padding(), xn, buf, c0, c1, 0, d.hp()); });
         xs = Src{buf, d.wp(), d.plane()};
       }
       float* yn = y + n * d.k * d.oh * d.ow;
