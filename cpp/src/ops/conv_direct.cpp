@@ -128,8 +128,8 @@ void transpose_grad(const Direct& d, const float* gy, float* buf) {
     }
 }
 
-// count lanes of a vector, stored to dst: part of a vector (the end of a row, or a row
-// of a vector holding several), out of the hot loop. A residual is added to what was just stored
+// Stores `count` lanes of a vector to dst: part of a vector (the end of a row, or one row of a vector
+// holding several), out of the hot loop. A residual is added to what was just stored
 // (still in L1), and the ReLU after it: a vector of it would read past the last row of the array.
 __attribute__((noinline)) void store_lanes(float* dst, const float* lanes, int64_t count, const float* residual,
                                            bool relu) {
@@ -141,7 +141,7 @@ __attribute__((noinline)) void store_lanes(float* dst, const float* lanes, int64
   }
 }
 
-// y[k][...] for filters [k0, k0 + 8) of group grp and vectors [vb, ve) of ns padded samples' (vector
+// y[k][...] for filters [k0, k0 + 8) of group grp and vectors [vb, ve) of the padded samples (vector
 // v is vector v % V of sample v / V): blocks of KV vectors (3, or 2 where that wastes fewer: the 4
 // vectors of one 7x7 image) run across the samples, so small images fill every block.
 template <int R, int KV>
@@ -325,7 +325,7 @@ std::pair<int64_t, int64_t> rows_read(const Direct& d, int64_t v0, int64_t v1) {
   return {v0 * d.R(), v1 * d.R() + halo};
 }
 
-// Filter block j over vectors [vb, ve) of the ns samples padded in buf.
+// Filter block j over vectors [vb, ve) of the samples padded in buf.
 template <int R>
 void forward_job(const Direct& d, const float* packed, const float* buf, int64_t j, int64_t vb, int64_t ve,
                  const Epilogue& e, float* y) {
