@@ -116,17 +116,27 @@ class Pool {
   // that had blocked for a 50 ms pause ran the next 30 calls of a small model at one thread's
   // speed (its virtual CPU, idle, is slow to get its core back): with 0.5 ms of spinning the
   // two-layer net at batch 32 took 84-104 us a call after such a pause, with 10 ms 62-75 us.
-  // Intel's OpenMP spins 200 ms by default; nothing else competes for these cores (BLAS runs in them).
+  // Intel's OpenMP spins 200 ms by default.
   static constexpr auto kSpinTime = std::chrono::milliseconds(10);
+  // The first part of it with pause, the rest yielding the CPU between checks: a thread of another
+  // library (numpy's BLAS, say) gets the core at once, and the CPU stays busy for the host all the same.
+  static constexpr auto kPauseTime = std::chrono::milliseconds(1);
 
   template <class Busy>
   static void spin_while(Busy busy) {
-    const auto until = std::chrono::steady_clock::now() + kSpinTime;
-    for (int i = 1; busy(); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    while (busy()) {
+      const auto spun = std::chrono::steady_clock::now() - start;
+      if (spun > kSpinTime) return;
+      if (spun > kPauseTime) {
+        std::this_thread::yield();
+        continue;
+      }
+      for (int i = 0; i < 256 && busy(); ++i) {  // the clock every few microseconds
 #if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
+        __builtin_ia32_pause();
 #endif
-      if (i % 256 == 0 && std::chrono::steady_clock::now() > until) return;  // the clock every few us
+      }
     }
   }
 
