@@ -231,6 +231,8 @@ int default_threads() {
     int n = std::atoi(env);
     if (n > 0) return n;
   }
+  // The CPUs this process may run on (taskset, a container's cpuset), not all the machine has.
+  if (int allowed = allowed_cpus(); allowed > 0) return allowed;
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
