@@ -220,6 +220,19 @@ TEST(ThreadPool, EveryIndexRunsOnceWhateverThreadTakesItsChunk) {
   kiln::set_num_threads(before);
 }
 
+TEST(ThreadPool, ResizingFromInsideARegionIsAnErrorAndAGrainOfZeroIsOne) {
+  // set_num_threads inside a chunk would wait for its own region to end.
+  const int before = kiln::num_threads();
+  kiln::set_num_threads(2);
+  EXPECT_THROW(kiln::cpu::parallel_for(4, 1, [](int64_t, int64_t) { kiln::set_num_threads(3); }), Error);
+  kiln::set_num_threads(before);
+  std::vector<int> hits(10, 0);
+  kiln::cpu::parallel_for(10, 0, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)] += 1;
+  });
+  for (int h : hits) ASSERT_EQ(h, 1);
+}
+
 TEST(Cuda, AFunctionOnTheGpuNamesTheOpsWithoutAKernelOrWhyThereIsNoGpu) {
   OpRegistry& r = OpRegistry::get();
   if (!r.find("test_cpu_only")) {  // an op with a CPU kernel and no CUDA kernel

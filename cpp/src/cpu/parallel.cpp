@@ -12,9 +12,10 @@
 #include <vector>
 
 #ifdef __linux__
-#include <pthread.h>
 #include <sched.h>
 #endif
+
+#include "kiln/error.h"
 
 namespace kiln::cpu {
 namespace {
@@ -25,16 +26,16 @@ int current_cpu() { return sched_getcpu(); }
 
 // Moves the calling thread off `cpu`: allowed everywhere but there, then everywhere again (the kernel
 // migrates it at once, and leaves it where it landed). No-op where it may run on no other CPU.
+// (sched_{get,set}affinity of 0 act on the calling thread; bionic has no pthread_setaffinity_np.)
 void leave_cpu(int cpu) {
   cpu_set_t all;
-  if (pthread_getaffinity_np(pthread_self(), sizeof all, &all) != 0 || !CPU_ISSET(cpu, &all) || CPU_COUNT(&all) < 2)
-    return;
+  if (sched_getaffinity(0, sizeof all, &all) != 0 || !CPU_ISSET(cpu, &all) || CPU_COUNT(&all) < 2) return;
   cpu_set_t others = all;
   CPU_CLR(cpu, &others);
-  if (pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0)
-    pthread_setaffinity_np(pthread_self(), sizeof all, &all);
+  if (sched_setaffinity(0, sizeof others, &others) == 0) sched_setaffinity(0, sizeof all, &all);
 }
 
+// The CPUs the calling thread may run on (its affinity mask), or 0 where unknown.
 int allowed_cpus() {
   cpu_set_t set;
   return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
@@ -70,8 +71,8 @@ class Pool {
     size_.store(n, std::memory_order_relaxed);
     stopping_ = false;
     spread_ = n <= allowed_cpus();  // with more threads than CPUs, threads share CPUs by design
-    // A worker counts jobs from the generation of its creation, not of its first instruction
-    // (a job posted before the thread runs must not be missed).
+    // A worker counts regions from the one posted at its creation, not at its first instruction (a
+    // region posted before the thread runs must not be missed).
     const uint64_t start = generation_.load();
     claimed_ = std::make_unique<std::atomic<uint64_t>[]>(n);
     for (int c = 0; c < n; ++c) claimed_[c].store(0, std::memory_order_relaxed);
@@ -231,7 +232,8 @@ int default_threads() {
     int n = std::atoi(env);
     if (n > 0) return n;
   }
-  // The CPUs this process may run on (taskset, a container's cpuset), not all the machine has.
+  // The CPUs the first thread to call into kiln may run on (normally the process's: taskset, a
+  // container's cpuset), not all the machine has; the workers inherit that thread's mask.
   if (int allowed = allowed_cpus(); allowed > 0) return allowed;
   return std::max(1u, std::thread::hardware_concurrency());
 }
@@ -244,7 +246,11 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
-void set_num_threads(int n) { pool().resize_now(std::max(1, n)); }
+void set_num_threads(int n) {
+  // From inside a chunk it would wait for its own region to end.
+  if (detail::in_parallel_region()) throw Error("set_num_threads: called inside a parallel region");
+  pool().resize_now(std::max(1, n));
+}
 
 namespace detail {
 void run_parallel(int64_t n, int64_t grain, RangeFn call, void* fn) { pool().run(n, grain, call, fn); }

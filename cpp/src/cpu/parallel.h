@@ -1,6 +1,7 @@
 #pragma once
-// One process-wide pool of worker threads for kernels. Sized to the machine; workers sleep on a
-// condition variable while BLAS runs, so the two never compete for cores.
+// One process-wide pool of worker threads for kernels, a thread per CPU the process may use
+// (KILN_NUM_THREADS or set_num_threads to change it). BLAS runs single-threaded inside its chunks, so
+// the two never compete for cores. Between regions the workers spin for up to 10 ms, then sleep.
 #include <cstdint>
 #include <type_traits>
 
@@ -21,6 +22,7 @@ bool in_parallel_region();
 template <typename F>
 void parallel_for(int64_t n, int64_t grain, F&& fn) {
   if (n <= 0) return;
+  grain = grain < 1 ? 1 : grain;
   if (n < 2 * grain || num_threads() == 1 || detail::in_parallel_region()) {
     fn(int64_t{0}, n);
     return;

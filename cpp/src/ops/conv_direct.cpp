@@ -348,8 +348,10 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
   // One sample: in bands of rows (rows_in_bands), each thread computing every filter of its rows and
   // padding just the rows it reads into its own buffer.
   const int64_t band_parts =
-      chunks == 1 && rows_in_bands(d.padded(), d.packed()) ? std::min<int64_t>(cpu::num_threads(), V / 4) : 1;
-  const bool bands = band_parts > 1;
+      chunks == 1 && rows_in_bands(d.padded(), d.packed())
+          ? parts_of(d, Pass::forward, d.packed(), ws_bytes, std::min<int64_t>(cpu::num_threads(), V / 4))
+          : 1;
+  const bool bands = band_parts > 1;  // (a workspace of one slice, planned for one thread: split by filters)
   std::shared_ptr<const std::vector<float>> cached;
   if (w_stamp && !flip_transpose) {  // a variable's weights in an inference call: packed once
     cached = cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.cg(), d.taps(), d.groups},
@@ -368,10 +370,9 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
       for (int64_t j = j0; j < j1; ++j) pack_block(d, w, flip_transpose, j, packed);
     });
   if (bands) {
-    const int64_t parts = parts_of(d, Pass::forward, d.packed(), ws_bytes, band_parts);
-    run_parts(parts, [&](int64_t part) {
+    run_parts(band_parts, [&](int64_t part) {
       float* buf = ws + d.packed() + part * slice_of(d, Pass::forward);
-      const int64_t v0 = V * part / parts, v1 = V * (part + 1) / parts;
+      const int64_t v0 = V * part / band_parts, v1 = V * (part + 1) / band_parts;
       const auto [r0, r1] = rows_read(d, v0, v1);
       pad_rows(d.padding(), x, buf, 0, d.c, r0, r1);
       for (int64_t j = 0; j < jobs; ++j) forward_job<R>(d, packed, buf, j, v0, v1, e, y);
@@ -384,7 +385,7 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
     for (int64_t ch = chunks * part / parts; ch < chunks * (part + 1) / parts; ++ch) {
       const int64_t n0 = ch * chunk, ns = std::min(chunk, d.n - n0);
       for (int64_t s = 0; s < ns; ++s) pad_sample(d, x + (n0 + s) * d.c * d.h * d.w, buf + s * d.padded());
-      // with one part (a batch of one) the filter blocks spread over the pool; else run here
+      // with one part (a batch of one not in bands) the filter blocks spread over the pool; else run here
       cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
         for (int64_t j = j0; j < j1; ++j) {
           if (pack_in_job) pack_block(d, w, flip_transpose, j, packed);

@@ -200,7 +200,9 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
   // Large ones: a row at a time over several blocks, the rows' input in L1, the weights streaming from L2.
   constexpr int64_t kSmallInput = 512 << 10;
   const bool block_outer = d.padded() * int64_t(sizeof(float)) <= kSmallInput && d.blocks() >= 2;
-  const int64_t slots = padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : d.n;
+  // Padded copies the workspace holds (one a part); reading x in place, parts need none.
+  const int64_t slots =
+      padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : int64_t(cpu::num_threads());
   auto rows = [&](const Src& xs, int64_t oh, int64_t b0, int64_t b1, const Epilogue& en, float* yn) {
     // Strides 1 and 2 and kernels 3 wide (most networks') as constants: the block's loads then have
     // constant offsets and its loop over the kernel's columns unrolls (stride-2 layers 25% faster).
