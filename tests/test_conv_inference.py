@@ -153,8 +153,8 @@ def test_inference_folds_batch_norm_into_the_convolution(tmp_path, dtype, stride
 
 @pytest.mark.parametrize(
     "dtype, width",
-    [("float32", 16), ("float32", 14), ("float64", 14)],
-    ids=["direct kernel", "filter lanes", "float64 im2col"],
+    [("float32", 16), ("float32", 14), ("float32", 24), ("float64", 14)],
+    ids=["direct kernel", "filter lanes, blocks of 7", "filter lanes, blocks of 8", "float64 im2col"],
 )
 def test_inference_adds_the_shortcut_inside_the_convolution(tmp_path, dtype, width):
     """relu(conv(h) + shortcut) of a ResNet block compiles to convolutions that add the shortcut and
