@@ -60,7 +60,8 @@ inline void transpose8(v8 (&r)[8]) {
 struct Lanes {
   int64_t n, c, h, w, k, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl;
   // The padded input holds what the outputs read: hp rows of wp, x at (pt, pl).
-  int64_t hp() const { return (oh - 1) * sh + (kh - 1) * dh + 1; }
+  int64_t rows_read(int64_t oh1) const { return (oh1 - 1) * sh + (kh - 1) * dh + 1; }  // by output rows [0, oh1)
+  int64_t hp() const { return rows_read(oh); }
   int64_t wp() const { return (ow - 1) * sw + (kw - 1) * dw + 1; }
   int64_t plane() const { return hp() * wp(); }
   Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
@@ -262,7 +263,7 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
       Src xs{x, d.w, d.h * d.w};
       if (padding) {
         float* buf = ws + d.packed() + part * d.padded();
-        pad_rows(d.padding(), x, buf, 0, d.c, oh0 * d.sh, (oh1 - 1) * d.sh + (d.kh - 1) * d.dh + 1);
+        pad_rows(d.padding(), x, buf, 0, d.c, oh0 * d.sh, d.rows_read(oh1));
         xs = Src{buf, d.wp(), d.plane()};
       }
       if (block_outer)  // a block's weights read once a band
