@@ -331,6 +331,85 @@ void arg_kernel(const KernelContext& c) {
       x.dtype(), name, launch<Arg<is_max>, ArgVal<scalar_t>>(x.data<scalar_t>(), c.output(0).data<int64_t>(), p, name));
 }
 
+// topk: one thread a row (as ops/reduce.cpp ranks: NaN above every number, the lower index first
+// among equals). The row's k output slots hold a heap of the entries kept, the worst on top, which is
+// then sorted in place, best first: O(dim log k) on one thread a row, fine for kNN's 1000 rows of
+// 50,000 and far from a tuned GPU selection.
+template <class T, bool largest>
+__device__ inline bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
+  const bool na = a != a, nb = b != b;
+  if (na != nb) return largest ? na : nb;
+  if (na || a == b) return ia < ib;
+  return largest ? a > b : a < b;
+}
+
+template <class T, bool largest>
+__global__ void topk_rows(const T* x, int64_t rows, int64_t dim, int64_t inner, int64_t k, T* vals, int64_t* idx) {
+  for (int64_t row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; row < rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = row / inner, i = row % inner;
+    const T* p = x + o * dim * inner + i;
+    T* v = vals + o * k * inner + i;
+    int64_t* ix = idx + o * k * inner + i;
+    auto worse = [&](int64_t a, int64_t b) {  // slot a ranks after slot b
+      return ranks_before<T, largest>(v[b * inner], ix[b * inner], v[a * inner], ix[a * inner]);
+    };
+    auto swap = [&](int64_t a, int64_t b) {
+      const T tv = v[a * inner];
+      const int64_t ti = ix[a * inner];
+      v[a * inner] = v[b * inner];
+      ix[a * inner] = ix[b * inner];
+      v[b * inner] = tv;
+      ix[b * inner] = ti;
+    };
+    auto sift_down = [&](int64_t j, int64_t n) {
+      for (;;) {
+        const int64_t l = 2 * j + 1, r = l + 1;
+        int64_t w = j;
+        if (l < n && worse(l, w)) w = l;
+        if (r < n && worse(r, w)) w = r;
+        if (w == j) return;
+        swap(j, w);
+        j = w;
+      }
+    };
+    for (int64_t j = 0; j < k; ++j) {  // the first k, each sifted up
+      v[j * inner] = p[j * inner];
+      ix[j * inner] = j;
+      for (int64_t c = j; c > 0 && worse(c, (c - 1) / 2); c = (c - 1) / 2) swap(c, (c - 1) / 2);
+    }
+    for (int64_t j = k; j < dim; ++j) {
+      const T e = p[j * inner];
+      if (!ranks_before<T, largest>(e, j, v[0], ix[0])) continue;
+      v[0] = e;
+      ix[0] = j;
+      sift_down(0, k);
+    }
+    for (int64_t n = k - 1; n > 0; --n) {  // the worst to the end, one at a time
+      swap(0, n);
+      sift_down(0, n);
+    }
+  }
+}
+
+void topk_kernel(const KernelContext& c) {
+  const Tensor& x = c.input(0);
+  const int axis = normalize_axis(c.attrs.i("axis"), x.rank(), "topk");
+  const int64_t k = c.attrs.i("k");
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= x.shape()[d];
+  for (int d = axis + 1; d < x.rank(); ++d) inner *= x.shape()[d];
+  const int64_t rows = outer * inner;
+  if (rows == 0 || k == 0) return;
+  const bool largest = c.attrs.i("largest", 1) != 0;
+  KILN_DISPATCH_NUMERIC(x.dtype(), "topk", {
+    auto kernel = largest ? topk_rows<scalar_t, true> : topk_rows<scalar_t, false>;
+    kernel<<<blocks_for(rows), kThreads, 0, stream()>>>(x.data<scalar_t>(), rows, x.shape()[axis], inner, k,
+                                                        c.output(0).data<scalar_t>(), c.output(1).data<int64_t>());
+  });
+  check_launch("topk");
+}
+
 template <class T>
 __global__ void store_scalar(T* y, T v) {
   *y = v;
@@ -359,6 +438,7 @@ void register_reduce_kernels(OpRegistry& r) {
   r.set_cuda_kernel("argmax", arg_kernel<true>);
   r.set_cuda_kernel("argmin", arg_kernel<false>);
   r.set_cuda_kernel("count", count_kernel);
+  r.set_cuda_kernel("topk", topk_kernel);
   r.set_cuda_kernel("sum_to_like", sum_to_like_kernel);
 }
 

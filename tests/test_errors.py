@@ -148,3 +148,21 @@ def test_indexing_errors():
         x[0, 0, 0]
     with pytest.raises(kn.Error, match="step cannot be zero"):
         x[::0]
+
+
+def test_topk_errors_name_the_op_k_and_shape():
+    with kn.Graph():
+        x = kn.input("x", (3, 10))
+        with pytest.raises(kn.Error, match=r"topk: k = 11 is outside \[0, 10\].*\(3, 10\)"):
+            kn.topk(x, 11)
+        with pytest.raises(kn.Error, match=r"topk: k = -1"):
+            kn.topk(x, -1, axis=0)
+        with pytest.raises(kn.Error, match="topk.*axis"):
+            kn.topk(x, 1, axis=2)
+        with pytest.raises(kn.Error, match="topk: expects a tensor of at least one dimension"):
+            kn.topk(kn.sum(x), 1)
+    with kn.Graph():  # a symbolic axis: checked when the call's shapes are known
+        x = kn.input("x", (None, None))
+        f = kn.function([x], kn.topk(x, 4)[1])
+        with pytest.raises(kn.Error, match=r"topk: k = 4 is outside \[0, 3\]"):
+            f(np.zeros((2, 3), np.float32))

@@ -17,11 +17,11 @@ from onnx.backend.test.loader import load_model_tests  # noqa: E402
 
 from kiln.onnx.backend import KilnBackend  # noqa: E402
 
-# The ops of the issue's list (and the primitives their expanded variants use).
+# The ops of the issue's list (and the primitives their expanded variants use), and TopK.
 OPS = """Gemm MatMul Conv ConvTranspose MaxPool AveragePool GlobalAveragePool BatchNormalization
 LayerNormalization GroupNormalization Relu LeakyRelu PRelu Elu Selu Gelu Sigmoid Tanh Softplus Softmax
 LogSoftmax SoftmaxCrossEntropyLoss NegativeLogLikelihoodLoss Dropout Add Sub Mul Div Pow Sqrt Exp Log
-Abs Neg Max Min Clip Where Equal Less Greater ReduceSum ReduceMean ReduceMax ReduceMin ArgMax ArgMin
+Abs Neg Max Min Clip Where Equal Less Greater ReduceSum ReduceMean ReduceMax ReduceMin ArgMax ArgMin TopK
 Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather Expand Pad Cast Identity
 Constant Shape Resize Upsample""".split()
 

@@ -286,6 +286,9 @@ CASES = {
             "logsumexp": kn.logsumexp(x, axis=2),
             "mean_batch": kn.mean(x, axis=0),
             "scalar": kn.sum(x) * 2.0 + 1.0,
+            "topk_values": kn.topk(x, 3)[0],
+            "topk_indices": kn.topk(x, 3)[1],
+            "bottom2_axis1": kn.topk(x, 2, axis=1, largest=False)[1],
         },
     ),
     "softmax family": (

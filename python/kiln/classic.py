@@ -28,9 +28,10 @@ def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> None:
 
 class KNearestNeighbor:
     """k-NN with L2 or L1 distance. L2 prediction ranks training rows by x.t - |t|^2 / 2 (the
-    GEMM expansion of -|x - t|^2 / 2 without the per-row constant |x|^2), one compiled kiln
-    function per block of test rows, so only `batch_size` rows of scores exist at a time. L1
-    works in blocks of broadcast differences."""
+    GEMM expansion of -|x - t|^2 / 2 without the per-row constant |x|^2) and keeps the k best with
+    topk, in one compiled kiln function per block of test rows: only `batch_size` rows of scores
+    exist at a time, in memory planned once, and only their k indices leave kiln. L1 works in
+    blocks of broadcast differences."""
 
     def __init__(self, metric: str = "l2", batch_size: int = 1000) -> None:
         if metric not in ("l1", "l2"):
@@ -51,9 +52,10 @@ class KNearestNeighbor:
 
     train = fit  # CS231n's name
 
-    def _fn(self, kind: str) -> Function:
-        """Compiled once per kind: "l2" distances, "l1" distances, "score" (L2 ranking)."""
-        if kind not in self._fns:
+    def _fn(self, kind: str, k: int = 0) -> Function:
+        """Compiled once per kind: "l2" distances, "l1" distances, "nearest" (the indices of the k
+        best L2 scores)."""
+        if (kind, k) not in self._fns:
             d = self.X_train.shape[1]
             with Graph():
                 t, tr, half_sq = (
@@ -61,14 +63,14 @@ class KNearestNeighbor:
                     input("train", (None, d)),
                     input("half_sq", (None,)),
                 )
-                if kind == "score":  # t @ tr.T as one GEMM on tr as stored (linear's layout)
-                    out = F.linear(t, tr) - half_sq
+                if kind == "nearest":  # t @ tr.T as one GEMM on tr as stored (linear's layout)
+                    out = ops.topk(F.linear(t, tr) - half_sq, k)[1]
                 elif kind == "l2":
                     out = ops.sum(ops.square(t), axis=1, keepdims=True) + 2.0 * (half_sq - F.linear(t, tr))
                 else:
                     out = ops.sum(ops.abs(ops.unsqueeze(t, 1) - ops.unsqueeze(tr, 0)), axis=2)
-                self._fns[kind] = Function([t, tr, half_sq], out)
-        return self._fns[kind]
+                self._fns[kind, k] = Function([t, tr, half_sq], out)
+        return self._fns[kind, k]
 
     def _check_test(self, X: np.ndarray) -> np.ndarray:
         if not hasattr(self, "X_train"):
@@ -105,12 +107,9 @@ class KNearestNeighbor:
         n = len(self.X_train)
         if not 1 <= k <= n:
             raise Error(f"KNearestNeighbor: k must be in [1, {n}], got {k}")
-        f, out = self._fn("score"), np.empty(len(X), np.int64)
+        f, out = self._fn("nearest", k), np.empty(len(X), np.int64)
         for a in range(0, len(X), self.batch_size):
-            score = f(X[a : a + self.batch_size], self.X_train, self._half_sq)  # higher: nearer
-            nearest = (
-                np.argpartition(score, n - k, axis=1)[:, n - k :] if k < n else np.argsort(-score, axis=1)
-            )
+            nearest = f(X[a : a + self.batch_size], self.X_train, self._half_sq)
             out[a : a + self.batch_size] = self._vote(self.y_train[nearest])
         return out
 

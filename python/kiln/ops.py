@@ -200,6 +200,16 @@ def argmin(x: TensorLike, axis: int | None = None, keepdims: bool = False) -> Te
 
 
 @builds
+def topk(x: TensorLike, k: int, axis: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """The k largest (or smallest, ``largest=False``) entries along ``axis``, best first, and their
+    int64 indices, as torch.topk: both of x's shape with that axis k long. NaN ranks above every
+    number; equal values keep the lower index first. The values are differentiable."""
+    x = _t(x)
+    values, indices = _core.topk(x._v, int(k), int(axis), bool(largest))
+    return _w(values, x), _w(indices, x)
+
+
+@builds
 def softmax(x: TensorLike, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) along ``axis``, computed stably. Shape: x's."""
     x = _t(x)
@@ -527,7 +537,7 @@ __all__ = [
     "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
     "logical_and", "logical_or", "logical_xor", "logical_not", "neg", "exp", "log", "sqrt", "rsqrt", "abs",
     "sign", "square", "sigmoid", "tanh", "relu", "floor", "cos", "sin", "erf", "clip", "where", "cast", "stop_gradient",
-    "sum", "mean", "prod", "max", "min", "amax", "amin", "var", "std", "logsumexp", "argmax", "argmin",
+    "sum", "mean", "prod", "max", "min", "amax", "amin", "var", "std", "logsumexp", "argmax", "argmin", "topk",
     "softmax", "log_softmax", "matmul", "transpose", "permute", "reshape", "flatten", "squeeze", "unsqueeze",
     "expand_dims", "broadcast_to", "zeros_like", "ones_like", "concat", "cat", "concatenate", "stack", "split",
     "pad", "take", "index_select", "gather", "take_along_axis", "one_hot", "uniform", "normal", "bernoulli",

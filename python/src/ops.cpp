@@ -30,6 +30,7 @@ void bind_ops(nb::module_& m) {
   m.def("logsumexp", &logsumexp, arg("x"), arg("axes").none(), arg("keepdims"));
   m.def("argmax", &argmax, arg("x"), arg("axis").none(), arg("keepdims"));
   m.def("argmin", &argmin, arg("x"), arg("axis").none(), arg("keepdims"));
+  m.def("topk", &topk, arg("x"), arg("k"), arg("axis"), arg("largest"));
   m.def("softmax", &softmax, arg("x"), arg("axis"));
   m.def("log_softmax", &log_softmax, arg("x"), arg("axis"));
 

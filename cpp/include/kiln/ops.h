@@ -38,6 +38,10 @@ Value std_(const Value& x, const Axes& axes = std::nullopt, bool keepdims = fals
 Value logsumexp(const Value& x, const Axes& axes = std::nullopt, bool keepdims = false);
 Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims = false);
 Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims = false);
+// The k largest (or smallest) entries along `axis`, best first, and their int64 indices: {values,
+// indices}, each x's shape with that axis k long (torch.topk). NaN ranks above every number; equal
+// values keep the lower index first.
+std::vector<Value> topk(const Value& x, int64_t k, int64_t axis = -1, bool largest = true);
 Value softmax(const Value& x, int64_t axis = -1);
 Value log_softmax(const Value& x, int64_t axis = -1);
 Value count(const Value& x, const std::vector<int64_t>& axes, DType dtype);  // elements reduced

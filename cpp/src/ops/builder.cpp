@@ -147,6 +147,12 @@ Value argmax(const Value& x, std::optional<int64_t> axis, bool keepdims) {
 Value argmin(const Value& x, std::optional<int64_t> axis, bool keepdims) {
   return arg_reduce("argmin", x, axis, keepdims);
 }
+std::vector<Value> topk(const Value& x, int64_t k, int64_t axis, bool largest) {
+  if (x.rank() == 0) throw Error("topk: expects a tensor of at least one dimension, got a scalar");
+  return graph_of(x).apply(
+      "topk", {x},
+      {{"k", k}, {"axis", int64_t(normalize_axis(axis, x.rank(), "topk"))}, {"largest", int64_t(largest)}});
+}
 
 // ---- linear algebra ----
 

@@ -246,6 +246,13 @@ def _arg(ex: _Exporter, n: Node) -> list:
     return [ex.add("ArgMax" if n.op == "argmax" else "ArgMin", n.ins, attrs)]
 
 
+@_handles("topk")
+def _topk(ex: _Exporter, n: Node) -> list:
+    # ONNX's TopK also keeps the lower index first among equal values
+    attrs = {"axis": int(n.attrs["axis"]), "largest": int(n.attrs.get("largest", 1)), "sorted": 1}
+    return list(ex.add("TopK", [n.ins[0], ex.ints([int(n.attrs["k"])])], attrs, outputs=2))
+
+
 @_handles("count")
 def _count(ex: _Exporter, n: Node) -> list:
     """How many elements a reduction over ``axes`` sees: a constant when those dims are known."""

@@ -380,3 +380,17 @@ def _arg_reduction(fn: Callable[..., Tensor]) -> Handler:
 
 _math_op("ArgMax")(_arg_reduction(kn.argmax))
 _math_op("ArgMin")(_arg_reduction(kn.argmin))
+
+
+@_math_op("TopK")
+def _top_k(ctx: Ctx, node: onnx.NodeProto, inputs: Inputs) -> Outputs:
+    """Sorted whether or not ``sorted`` asks for it (any order is allowed then); equal values keep
+    the lower index first, as ONNX requires."""
+    x, k = inputs[0], ctx.value(node, 1)
+    if k is None:
+        raise Unsupported("TopK's K must be known when the model is imported (an initializer or a Constant)")
+    a = attrs(node)
+    values, indices = kn.topk(
+        x, int(k.reshape(-1)[0]), axis=a.get("axis", -1), largest=bool(a.get("largest", 1))
+    )
+    return [values, indices]
