@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <climits>
 
+#include "cpu/parallel.h"
 #include "kiln/error.h"
 #include "runtime/program.h"
+#include "runtime/row_tiles.h"
 
 namespace kiln {
 
@@ -144,6 +146,29 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int s = 0; s < nslots; ++s)
     external[s] = fresh[s] || !var_of[s].empty() || p.nodes[producer[s]].op->kind == OpKind::source;
 
+  // Row-tiled groups of convs (runtime/row_tiles.h): their members run interleaved, so every value a
+  // group reads stays alive to the group's last member.
+  std::vector<std::vector<int32_t>> consumers(nslots);
+  for (int32_t id = 0; id < n; ++id)
+    for (const Edge& e : p.nodes[id].inputs) {
+      auto& c = consumers[slot_of[e.node][e.index]];
+      if (c.empty() || c.back() != id) c.push_back(id);
+    }
+  std::vector<bool> kept(nslots, false);
+  for (const Edge& e : p.outputs) kept[slot_of[e.node][e.index]] = true;
+  for (auto& u : p.updates) kept[slot_of[u.second.node][u.second.index]] = true;
+  std::vector<TileGroupPlan> groups =
+      plan_row_tiles(p, slot_of, spec, consumers, kept, on_gpu ? 1 : cpu::num_threads());
+  std::vector<int> group_of(n, -1);
+  for (size_t gi = 0; gi < groups.size(); ++gi)
+    for (int32_t id : groups[gi].nodes) {
+      group_of[id] = static_cast<int>(gi);
+      for (const Edge& e : p.nodes[id].inputs) {
+        const int r = root[slot_of[e.node][e.index]];
+        last_use[r] = std::max(last_use[r], groups[gi].nodes.back());
+      }
+    }
+
   // 3. Buffers: walk the nodes, give each new root slot a free buffer (or its dying input's,
   // in place), then release the buffers of roots that died here.
   std::vector<size_t> capacity;
@@ -214,6 +239,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
 
   // 5. Steps, bindings and outputs.
   size_t scratch_bytes = 0;
+  std::vector<RowTiles::Member> tile_members;  // of the group being collected
   for (int32_t id = 0; id < n; ++id) {
     const ProgramNode& node = p.nodes[id];
     if (node.op->name == "variable") plan->variable_slots.push_back({slot_of[id][0], node.name});
@@ -240,7 +266,34 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       st.workspace = node.op->workspace(in, out, node.attrs);
       scratch_bytes = std::max(scratch_bytes, st.workspace);
     }
-    plan->steps.push_back(std::move(st));
+    if (group_of[id] < 0) {
+      plan->steps.push_back(std::move(st));
+      continue;
+    }
+    TileGroupPlan& g = groups[group_of[id]];
+    const size_t i = std::find(g.nodes.begin(), g.nodes.end(), id) - g.nodes.begin();
+    auto private_of = [&](const Edge& e) {
+      auto it = std::find(g.private_slots.begin(), g.private_slots.end(), slot_of[e.node][e.index]);
+      return it == g.private_slots.end() ? -1 : static_cast<int>(it - g.private_slots.begin());
+    };
+    RowTiles::Member m;
+    m.conv = std::move(g.convs[i]);
+    m.x_private = private_of(node.inputs[0]);
+    if (m.conv->residual_input() >= 0) m.residual_private = private_of(node.inputs[m.conv->residual_input()]);
+    m.out_private = private_of(Edge{id, 0});
+    m.rows = g.rows[i];
+    m.step = std::move(st);
+    tile_members.push_back(std::move(m));
+    if (id != g.nodes.back()) continue;
+    std::vector<int64_t> floats;
+    for (int s : g.private_slots) floats.push_back(spec[s].shape.numel());
+    Step group;
+    group.op = node.op;
+    group.attrs = &node.attrs;
+    group.node = id;
+    group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), cpu::num_threads());
+    tile_members.clear();
+    plan->steps.push_back(std::move(group));
   }
   for (int32_t i : p.inputs) plan->input_slots.push_back(slot_of[i][0]);
   for (const Edge& e : p.outputs) {

@@ -339,6 +339,27 @@ void forward_job(const Direct& d, const float* packed, const float* buf, int64_t
     forward_block<R, 3>(d, buf, vb, ve, wb, grp, k0, e, y);
 }
 
+// A variable's weights packed for the forward, made once and cached while the variable is unchanged.
+cpu::Derived cached_packed(const Direct& d, const float* w, uint64_t w_stamp) {
+  const int64_t jobs = d.groups * d.blocks();
+  return cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.cg(), d.taps(), d.groups},
+                              static_cast<size_t>(d.packed()), [&](float* out) {
+                                cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
+                                  for (int64_t j = j0; j < j1; ++j) pack_block(d, w, false, j, out);
+                                });
+                              });
+}
+
+// Vectors [v0, v1) of one sample, every filter, on this thread: pads the rows they read into buf (a
+// padded sample's worth), then runs each filter block over them.
+template <int R>
+void forward_vectors(const Direct& d, const float* x, const float* packed, const Epilogue& e, float* y, int64_t v0,
+                     int64_t v1, float* buf) {
+  const auto [r0, r1] = rows_read(d, v0, v1);
+  pad_rows(d.padding(), x, buf, 0, d.c, r0, r1);
+  for (int64_t j = 0; j < d.groups * d.blocks(); ++j) forward_job<R>(d, packed, buf, j, v0, v1, e, y);
+}
+
 template <int R>
 void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_stamp, bool flip_transpose,
                  const Epilogue& e, float* y, float* ws, size_t ws_bytes) {
@@ -352,14 +373,9 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
           ? parts_of(d, Pass::forward, d.packed(), ws_bytes, std::min<int64_t>(cpu::num_threads(), V / 4))
           : 1;
   const bool bands = band_parts > 1;  // (a workspace of one slice, planned for one thread: split by filters)
-  std::shared_ptr<const std::vector<float>> cached;
+  cpu::Derived cached;
   if (w_stamp && !flip_transpose) {  // a variable's weights in an inference call: packed once
-    cached = cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.cg(), d.taps(), d.groups},
-                                  static_cast<size_t>(d.packed()), [&](float* out) {
-                                    cpu::parallel_for(jobs, 1, [&](int64_t j0, int64_t j1) {
-                                      for (int64_t j = j0; j < j1; ++j) pack_block(d, w, false, j, out);
-                                    });
-                                  });
+    cached = cached_packed(d, w, w_stamp);
     packed = const_cast<float*>(cached->data());  // only read from here on
   }
   // One chunk split by filters: each job packs its block just before using it, so the block is still
@@ -372,10 +388,7 @@ void run_forward(const Direct& d, const float* x, const float* w, uint64_t w_sta
   if (bands) {
     run_parts(band_parts, [&](int64_t part) {
       float* buf = ws + d.packed() + part * slice_of(d, Pass::forward);
-      const int64_t v0 = V * part / band_parts, v1 = V * (part + 1) / band_parts;
-      const auto [r0, r1] = rows_read(d, v0, v1);
-      pad_rows(d.padding(), x, buf, 0, d.c, r0, r1);
-      for (int64_t j = 0; j < jobs; ++j) forward_job<R>(d, packed, buf, j, v0, v1, e, y);
+      forward_vectors<R>(d, x, packed, e, y, V * part / band_parts, V * (part + 1) / band_parts, buf);
     });
     return;
   }
@@ -478,6 +491,21 @@ void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_st
                     float* ws, size_t ws_bytes) {
   const Direct d = forward_of(g);
   with_rows(d, [&](auto r) { run_forward<decltype(r)::value>(d, x, w, w_stamp, false, e, out, ws, ws_bytes); });
+}
+
+cpu::Derived direct_packed(const Geom& g, const float* w, uint64_t w_stamp) {
+  return cached_packed(forward_of(g), w, w_stamp);
+}
+
+int64_t direct_row_unit(const Geom& g) { return forward_of(g).R(); }
+
+size_t direct_rows_buffer(const Geom& g) { return static_cast<size_t>(forward_of(g).padded()); }
+
+void direct_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0,
+                 int64_t r1, float* buf) {
+  const Direct d = forward_of(g);
+  const int64_t R = d.R(), v0 = R == 1 ? r0 * d.per_row() : r0 / R, v1 = R == 1 ? r1 * d.per_row() : (r1 + R - 1) / R;
+  with_rows(d, [&](auto r) { forward_vectors<decltype(r)::value>(d, x, packed, e, y, v0, v1, buf); });
 }
 
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cpu/parallel.h"
+#include "cpu/weight_cache.h"
 
 namespace kiln::conv {
 
@@ -128,6 +129,15 @@ size_t direct_workspace(const Geom& g, Pass pass);
 void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                     float* ws, size_t ws_bytes);
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
+// By output rows, for row-tiled execution (graph/row_tiles.cpp): the forward's packed weights of a
+// variable (cached), the output rows computed together (rows [r0, r1) start at a multiple), the floats
+// of the buffer a call pads into, and output rows [r0, r1) of one sample on this thread, reading the
+// input rows they need.
+cpu::Derived direct_packed(const Geom& g, const float* w, uint64_t w_stamp);
+int64_t direct_row_unit(const Geom& g);
+size_t direct_rows_buffer(const Geom& g);
+void direct_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0,
+                 int64_t r1, float* buf);
 void direct_weight_grad(const Geom& g, const float* gy, const float* x, float* dw, float* ws, size_t ws_bytes);
 
 // Direct convolution with the filters in the lanes (conv_lanes.cpp): float32, 1-D and 2-D, one group,
@@ -136,5 +146,10 @@ bool lanes_applies(const Geom& g);
 size_t lanes_workspace(const Geom& g);
 void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                    float* ws, size_t ws_bytes);
+// By output rows, as the direct kernel's (any rows [r0, r1)).
+cpu::Derived lanes_packed(const Geom& g, const float* w, uint64_t w_stamp);
+size_t lanes_rows_buffer(const Geom& g);
+void lanes_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
+                float* buf);
 
 }  // namespace kiln::conv

@@ -198,6 +198,49 @@ void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, 
 // Whether the outputs read no padding: then the blocks read x in place.
 bool reads_no_padding(const Lanes& d) { return d.pt == 0 && d.pl == 0 && d.hp() <= d.h && d.wp() <= d.w; }
 
+// Output row oh of filter blocks [b0, b1). Strides 1 and 2 and kernels 3 wide (most networks') as
+// constants: the block's loads then have constant offsets and its loop over the kernel's columns
+// unrolls (stride-2 layers 25% faster).
+void row(const Lanes& d, const Src& xs, const float* packed, int64_t oh, int64_t b0, int64_t b1, const Epilogue& e,
+         float* y) {
+  auto run = d.kw == 3 ? (d.sw == 1   ? row_blocks<1, 3>
+                          : d.sw == 2 ? row_blocks<2, 3>
+                                      : row_blocks<0, 3>)
+                       : (d.sw == 1   ? row_blocks<1, 0>
+                          : d.sw == 2 ? row_blocks<2, 0>
+                                      : row_blocks<0, 0>);
+  run(d, xs, packed, oh, b0, b1, e, y);
+}
+
+// Small images (the deep layers of a network): their whole input stays in L2 beside one filter block, and a
+// filter block at a time over all rows reads the weights once rather than once a row (from L3 or memory).
+// Large ones: a row at a time over several blocks, the rows' input in L1, the weights streaming from L2.
+bool block_outer(const Lanes& d) {
+  constexpr int64_t kSmallInput = 512 << 10;
+  return d.padded() * int64_t(sizeof(float)) <= kSmallInput && d.blocks() >= 2;
+}
+
+// Output rows [oh0, oh1) of one sample, every filter, on this thread; buf (a padded sample's worth)
+// takes the input rows they read unless they read no padding.
+void rows_of_sample(const Lanes& d, const float* x, const float* packed, const Epilogue& e, float* y, int64_t oh0,
+                    int64_t oh1, float* buf) {
+  Src xs{x, d.w, d.h * d.w};
+  if (!reads_no_padding(d)) {
+    pad_rows(d.padding(), x, buf, 0, d.c, oh0 * d.sh, d.rows_read(oh1));
+    xs = Src{buf, d.wp(), d.plane()};
+  }
+  if (block_outer(d))  // a block's weights read once a band
+    for (int64_t b = 0; b < d.blocks(); ++b)
+      for (int64_t oh = oh0; oh < oh1; ++oh) row(d, xs, packed, oh, b, b + 1, e, y);
+  else  // a row's input read from L1 by every block
+    for (int64_t oh = oh0; oh < oh1; ++oh) row(d, xs, packed, oh, 0, d.blocks(), e, y);
+}
+
+cpu::Derived cached_packed(const Lanes& d, const float* w, uint64_t w_stamp) {
+  return cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, d.taps(), -kFilters},
+                              static_cast<size_t>(d.packed()), [&](float* out) { pack(d, w, out); });
+}
+
 }  // namespace
 
 bool lanes_applies(const Geom& g) {
@@ -224,8 +267,7 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
   const float* packed = ws;
   cpu::Derived cached;
   if (w_stamp) {  // a variable's weights in an inference call: packed once
-    cached = cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, d.taps(), -kFilters},
-                                  static_cast<size_t>(d.packed()), [&](float* out) { pack(d, w, out); });
+    cached = cached_packed(d, w, w_stamp);
     packed = cached->data();
   } else {
     pack(d, w, ws);
@@ -234,43 +276,17 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
   constexpr int64_t kBlocksPerTask = 4;
   const int64_t groups = (d.blocks() + kBlocksPerTask - 1) / kBlocksPerTask;
   const bool padding = !reads_no_padding(d);
-  // Small images (the deep layers of a network): their whole input stays in L2 beside one filter block, and a
-  // filter block at a time over all rows reads the weights once rather than once a row (from L3 or memory).
-  // Large ones: a row at a time over several blocks, the rows' input in L1, the weights streaming from L2.
-  constexpr int64_t kSmallInput = 512 << 10;
-  const bool block_outer = d.padded() * int64_t(sizeof(float)) <= kSmallInput && d.blocks() >= 2;
   // Padded copies the workspace holds (one a part); reading x in place, parts need none.
   const int64_t slots =
       padding ? static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.padded() : int64_t(cpu::num_threads());
-  auto rows = [&](const Src& xs, int64_t oh, int64_t b0, int64_t b1, const Epilogue& en, float* yn) {
-    // Strides 1 and 2 and kernels 3 wide (most networks') as constants: the block's loads then have
-    // constant offsets and its loop over the kernel's columns unrolls (stride-2 layers 25% faster).
-    auto run = d.kw == 3 ? (d.sw == 1   ? row_blocks<1, 3>
-                            : d.sw == 2 ? row_blocks<2, 3>
-                                        : row_blocks<0, 3>)
-                         : (d.sw == 1   ? row_blocks<1, 0>
-                            : d.sw == 2 ? row_blocks<2, 0>
-                                        : row_blocks<0, 0>);
-    run(d, xs, packed, oh, b0, b1, en, yn);
-  };
   // One sample: in bands of output rows (rows_in_bands), each thread computing every filter of its
   // rows and padding just the input rows it reads into its own buffer.
   const int64_t bands =
       d.n == 1 && rows_in_bands(d.padded(), d.packed()) ? std::min({slots, int64_t(cpu::num_threads()), d.oh / 2}) : 1;
   if (bands > 1) {
     run_parts(bands, [&](int64_t part) {
-      const int64_t oh0 = d.oh * part / bands, oh1 = d.oh * (part + 1) / bands;
-      Src xs{x, d.w, d.h * d.w};
-      if (padding) {
-        float* buf = ws + d.packed() + part * d.padded();
-        pad_rows(d.padding(), x, buf, 0, d.c, oh0 * d.sh, d.rows_read(oh1));
-        xs = Src{buf, d.wp(), d.plane()};
-      }
-      if (block_outer)  // a block's weights read once a band
-        for (int64_t b = 0; b < d.blocks(); ++b)
-          for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, b, b + 1, epilogue, y);
-      else  // a row's input read from L1 by every block
-        for (int64_t oh = oh0; oh < oh1; ++oh) rows(xs, oh, 0, d.blocks(), epilogue, y);
+      rows_of_sample(d, x, packed, epilogue, y, d.oh * part / bands, d.oh * (part + 1) / bands,
+                     padding ? ws + d.packed() + part * d.padded() : nullptr);
     });
     return;
   }
@@ -288,19 +304,30 @@ void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_sta
       }
       float* yn = y + n * d.k * d.oh * d.ow;
       const Epilogue en = at_sample(epilogue, n * d.k * d.oh * d.ow);
-      if (block_outer)  // each filter block runs over every row: its weights are read once
+      if (block_outer(d))  // each filter block runs over every row: its weights are read once
         cpu::parallel_for(d.blocks(), 1, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b)
-            for (int64_t oh = 0; oh < d.oh; ++oh) rows(xs, oh, b, b + 1, en, yn);
+            for (int64_t oh = 0; oh < d.oh; ++oh) row(d, xs, packed, oh, b, b + 1, en, yn);
         });
       else
         cpu::parallel_for(d.oh * groups, 1, [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r)
-            rows(xs, r / groups, r % groups * kBlocksPerTask, std::min(d.blocks(), (r % groups + 1) * kBlocksPerTask),
-                 en, yn);
+            row(d, xs, packed, r / groups, r % groups * kBlocksPerTask,
+                std::min(d.blocks(), (r % groups + 1) * kBlocksPerTask), en, yn);
         });
     }
   });
+}
+
+cpu::Derived lanes_packed(const Geom& g, const float* w, uint64_t w_stamp) {
+  return cached_packed(lanes_of(g), w, w_stamp);
+}
+
+size_t lanes_rows_buffer(const Geom& g) { return static_cast<size_t>(lanes_of(g).padded()); }
+
+void lanes_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
+                float* buf) {
+  rows_of_sample(lanes_of(g), x, packed, e, y, r0, r1, buf);
 }
 
 }  // namespace kiln::conv

@@ -37,9 +37,12 @@ std::shared_ptr<Program> build_program(const std::vector<Value>& inputs,
 // Runs one op outside any plan (constant folding, tests): allocates its outputs.
 std::vector<Tensor> run_op(const OpDef& op, const Attrs& attrs, const std::vector<Tensor>& inputs, bool training);
 
+class RowTiles;  // runtime/row_tiles.h
+
 struct Step {
   const OpDef* op = nullptr;
-  KernelFn kernel = nullptr;  // the op's, or the view binding when the node is a view here
+  KernelFn kernel = nullptr;        // the op's, or the view binding when the node is a view here
+  std::shared_ptr<RowTiles> tiles;  // set: this step runs a row-tiled group of convs instead
   const Attrs* attrs = nullptr;
   std::vector<const Tensor*> in;
   std::vector<Tensor*> out;

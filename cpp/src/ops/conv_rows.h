@@ -1,0 +1,51 @@
+#pragma once
+// A convolution run by output rows, for row-tiled execution (graph/row_tiles.cpp): at batch 1 each
+// thread computes, layer after layer, the rows its part of a chain's outputs needs, from rows it
+// computed itself, so that the threads exchange data only at the chain's ends.
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "cpu/weight_cache.h"
+#include "kiln/op.h"
+#include "ops/conv_geom.h"
+#include "ops/conv_inputs.h"
+
+namespace kiln::conv {
+
+class RowConv {
+ public:
+  // Null where a "conv" node of these concrete input specs cannot run by rows: it must be float32,
+  // one 2-D sample, taken by the direct or the filter-lane kernel, with any fused residual shaped as
+  // its output.
+  static std::unique_ptr<RowConv> make(const std::vector<TensorSpec>& inputs, const Attrs& attrs);
+
+  int64_t in_rows() const { return g_.in[1]; }
+  int64_t out_rows() const { return g_.out[1]; }
+  // Rows [r0, r1) computed together start at a multiple of this, and end at one or at the last row.
+  int64_t row_unit() const { return unit_; }
+  // The input rows that output rows [r0, r1) read (clipped to the input).
+  std::pair<int64_t, int64_t> rows_read(int64_t r0, int64_t r1) const;
+  int residual_input() const { return at_.residual; }
+  size_t buffer_floats() const { return buffer_; }  // one call's padded rows
+
+  // Once a call, before any rows: the weights packed (cached while the variable is unchanged) and a
+  // batch norm folded into a scale and shift.
+  void prepare(const std::vector<const Tensor*>& inputs);
+  // Output rows [r0, r1) on this thread: x, the residual and y laid out as the tensors (C, H, W).
+  void run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const;
+
+ private:
+  RowConv(const Geom& g, const Attrs& attrs, size_t n_in);
+  Geom g_;
+  ConvInputs at_;
+  bool lanes_, relu_;
+  double eps_ = 0;
+  int64_t unit_ = 1;
+  size_t buffer_ = 0;
+  cpu::Derived packed_;
+  std::vector<float> affine_;  // a folded batch norm: scale, then shift
+  const float* bias_ = nullptr;
+};
+
+}  // namespace kiln::conv

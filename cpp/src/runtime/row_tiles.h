@@ -1,0 +1,54 @@
+#pragma once
+// Row-tiled execution of chains of convolutions at batch 1 on the CPU. Split layer by layer into bands
+// of rows, each thread read the rows next to its band from the other core in every layer (a halo), and
+// where the host placed the two virtual CPUs far apart (a cache line 200 ns away) two threads ran
+// ResNet-8 no faster than one. A group runs as one step instead: each thread computes, layer after
+// layer, the rows that its band of the group's outputs needs, into memory of its own, recomputing the
+// few rows where two bands' needs overlap, so that the threads meet only at the group's ends.
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "ops/conv_rows.h"
+#include "runtime/program.h"
+
+namespace kiln {
+
+// One group, built by the planner: consecutive "conv" steps whose values passed between them are read
+// by no other step.
+class RowTiles {
+ public:
+  struct Member {
+    Step step;  // the conv's own step: its inputs and output in the plan
+    std::unique_ptr<conv::RowConv> conv;
+    int x_private = -1, residual_private = -1, out_private = -1;  // values kept per part, or -1: the plan's
+    std::vector<std::pair<int64_t, int64_t>> rows;                // the output rows each part computes
+  };
+
+  RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts);
+  int parts() const { return parts_; }
+  const std::vector<Member>& members() const { return members_; }
+  void run();
+
+ private:
+  std::vector<Member> members_;
+  std::vector<int64_t> offsets_;  // of each private value in a part's memory, then the pad buffer
+  int parts_;
+  std::vector<std::unique_ptr<float[]>> memory_;  // a part's: allocated apart, first touched by its thread
+};
+
+// The groups of a plan, as lists of node ids, with each node's RowConv. `slot_of`, `spec`: the plan's
+// values; `consumers[s]`: the nodes reading slot s; `kept[s]`: s is a function output or an update.
+struct TileGroupPlan {
+  std::vector<int32_t> nodes;
+  std::vector<std::unique_ptr<conv::RowConv>> convs;
+  std::vector<int> private_slots;                              // the values passed inside the group
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows;  // per member, per part
+};
+std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<std::vector<int>>& slot_of,
+                                          const std::vector<TensorSpec>& spec,
+                                          const std::vector<std::vector<int32_t>>& consumers,
+                                          const std::vector<bool>& kept, int parts);
+
+}  // namespace kiln
