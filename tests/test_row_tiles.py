@@ -1,9 +1,9 @@
-"""Row-tiled execution (runtime/row_tiles.cpp): at batch 1 an inference function runs a chain of
-convolutions as one step, each thread computing every layer's rows that its band of the chain's
-outputs needs. Checked against numpy and against the same function planned for one thread (no
-groups), over the kernels' row layouts (rows of 16 pixels and more, of 8 and of 4, odd heights),
-strides, dilation, folded batch norms, residuals from inside and outside a group, and thread counts
-that do not divide the rows."""
+"""Tiled execution (runtime/row_tiles.cpp): an inference function runs a chain of small convolutions
+as one step, each thread computing at batch 1 every layer's rows that its band of the chain's outputs
+needs, and at larger batches whole samples through the chain. Checked against numpy and against the
+same function planned for one thread (no groups), over the kernels' row layouts (rows of 16 pixels
+and more, of 8 and of 4, odd heights), strides, dilation, folded batch norms, residuals from inside
+and outside a group, and thread counts that divide neither the rows nor the batch."""
 
 from __future__ import annotations
 
@@ -108,8 +108,9 @@ def test_row_tiled_net_matches_numpy_and_one_thread(restore_threads, shape, thre
     net = Net(c)
     xv = np.random.default_rng(1).standard_normal((1, 3, h, w)).astype(np.float32)
     want = net.numpy(xv)["out"]
-    one = compiled(net, xv.shape, 1)
-    ref = one(xv)
+    x3 = np.concatenate([xv, -xv, 2 * xv])
+    one = compiled(net, xv.shape, 1)  # each shape is planned at its first call, for the pool's size then
+    ref, ref3 = one(xv), one(x3)
     tiled = compiled(net, xv.shape, threads)
     for _ in range(2):  # the second call: the plan's memory and the packed weights reused
         got = tiled(xv)
@@ -119,9 +120,13 @@ def test_row_tiled_net_matches_numpy_and_one_thread(restore_threads, shape, thre
     # split in more bands, a small image's layers may recompute too many rows to be grouped.
     if threads == 2:
         assert tiled.plan_stats()["steps"] < one.plan_stats()["steps"]
-    # a batch of two is not tiled, and agrees
-    x2 = np.concatenate([xv, -xv])
-    np.testing.assert_allclose(tiled(x2)[:1], ref, rtol=1e-5, atol=1e-6)
+    # a batch of three: parts of whole samples, each through the chain (where its values fit)
+    steps3 = one.plan_stats()["steps"]
+    want3 = np.concatenate([net.numpy(a[None])["out"] for a in x3])
+    np.testing.assert_allclose(tiled(x3), want3, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tiled(x3), ref3, rtol=1e-5, atol=1e-6)
+    if threads == 2:
+        assert tiled.plan_stats()["steps"] < steps3
 
 
 def test_a_value_also_returned_is_not_kept_private(restore_threads):

@@ -282,16 +282,20 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (m.conv->residual_input() >= 0) m.residual_private = private_of(node.inputs[m.conv->residual_input()]);
     m.out_private = private_of(Edge{id, 0});
     m.rows = g.rows[i];
+    auto sample_floats = [&](const Edge& e) { return spec[slot_of[e.node][e.index]].shape.numel() / g.samples; };
+    m.x_sample = sample_floats(node.inputs[0]);
+    if (m.conv->residual_input() >= 0) m.residual_sample = sample_floats(node.inputs[m.conv->residual_input()]);
+    m.out_sample = sample_floats(Edge{id, 0});
     m.step = std::move(st);
     tile_members.push_back(std::move(m));
     if (id != g.nodes.back()) continue;
     std::vector<int64_t> floats;
-    for (int s : g.private_slots) floats.push_back(spec[s].shape.numel());
+    for (int s : g.private_slots) floats.push_back(spec[s].shape.numel() / g.samples);
     Step group;
     group.op = node.op;
     group.attrs = &node.attrs;
     group.node = id;
-    group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), cpu::num_threads());
+    group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), g.parts, g.samples);
     tile_members.clear();
     plan->steps.push_back(std::move(group));
   }

@@ -541,8 +541,10 @@ std::vector<int64_t> bias_axes(int rank) {
 std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, const Attrs& attrs) {
   for (const TensorSpec& s : in)
     if (s.dtype != DType::float32) return nullptr;
-  if (in[0].shape.rank() != 4 || in[0].shape[0] != 1) return nullptr;
-  const Geom g = make_geom(in[0].shape, in[1].shape, attrs, "conv");
+  if (in[0].shape.rank() != 4 || in[0].shape[0] < 1) return nullptr;
+  Shape sample = in[0].shape;  // a call computes rows of one sample
+  sample[0] = 1;
+  const Geom g = make_geom(sample, in[1].shape, attrs, "conv");
   if (!lanes_applies(g) && !direct_applies(g, Pass::forward)) return nullptr;
   // Each thread reads all the weights: layers of more weights than pixels stay split by filters,
   // unless their weights sit in a quarter of L2 (ResNet-8's 64-filter layer, 147 KB: 8 us a call
@@ -550,7 +552,7 @@ std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, 
   const int64_t padded = g.c * (g.in[1] + 2 * g.pad[1]) * (g.in[2] + 2 * g.pad[2]), weights = g.k * g.cg() * g.kk();
   if (!rows_in_bands(padded, weights) && weights * int64_t(sizeof(float)) > (256 << 10)) return nullptr;
   const ConvInputs at(in.size(), attrs);
-  if (at.residual >= 0 && in[at.residual].shape != Shape{1, g.k, g.out[1], g.out[2]}) return nullptr;
+  if (at.residual >= 0 && in[at.residual].shape != Shape{in[0].shape[0], g.k, g.out[1], g.out[2]}) return nullptr;
   return std::unique_ptr<RowConv>(new RowConv(g, attrs, in.size()));
 }
 

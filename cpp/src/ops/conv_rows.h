@@ -16,8 +16,8 @@ namespace kiln::conv {
 class RowConv {
  public:
   // Null where a "conv" node of these concrete input specs cannot run by rows: it must be float32,
-  // one 2-D sample, taken by the direct or the filter-lane kernel, with any fused residual shaped as
-  // its output.
+  // 2-D, taken by the direct or the filter-lane kernel, with any fused residual shaped as its output.
+  // A call computes rows of one sample.
   static std::unique_ptr<RowConv> make(const std::vector<TensorSpec>& inputs, const Attrs& attrs);
 
   int64_t in_rows() const { return g_.in[1]; }
@@ -32,7 +32,7 @@ class RowConv {
   // Once a call, before any rows: the weights packed (cached while the variable is unchanged) and a
   // batch norm folded into a scale and shift.
   void prepare(const std::vector<const Tensor*>& inputs);
-  // Output rows [r0, r1) on this thread: x, the residual and y laid out as the tensors (C, H, W).
+  // Output rows [r0, r1) of one sample on this thread: x, the residual and y its (C, H, W) arrays.
   void run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const;
 
  private:

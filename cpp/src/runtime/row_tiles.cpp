@@ -10,9 +10,10 @@ namespace {
 // Work of a group beyond computing each output row once, at most: past it the rows recomputed where
 // bands' needs overlap cost more than the threads' exchange saves (ResNet-8's stages: 4 - 8%).
 constexpr double kMaxRedundancy = 0.15;
-// A part's share of a value passed inside a group, at most. CIFAR-sized layers gain (ResNet-8's are 8 -
-// 32 KB a part); at 224x224 the rows recomputed cost more than the exchange saves: ResNet-18's 28x28
-// layers (200 KB a part) ran 3% slower in groups, its 56x56 ones (400 KB) 7%.
+// A part's share of a sample's value passed inside a group, at most. CIFAR-sized layers gain (ResNet-8's
+// are 8 - 32 KB a part at batch 1, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than
+// the exchange saves: ResNet-18's 28x28 layers (200 KB a part) ran 3% slower in groups, its 56x56
+// ones (400 KB) 7%.
 constexpr int64_t kMaxPrivateBytes = 64 << 10;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -25,8 +26,13 @@ struct Candidate {
 // The group g's private values and each member's rows per part; false where g is not a group.
 bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vector<int>>& slot_of,
                 const std::vector<TensorSpec>& spec, const std::vector<std::vector<int32_t>>& consumers,
-                const std::vector<bool>& kept, int parts, TileGroupPlan* out) {
+                const std::vector<bool>& kept, int threads, TileGroupPlan* out) {
   const size_t m = g.nodes.size();
+  const Edge& x0 = p.nodes[g.nodes[0]].inputs[0];
+  const int64_t samples = spec[slot_of[x0.node][x0.index]].shape[0];
+  // one sample: bands of rows; more: each part whole samples, every row of them
+  const int parts = static_cast<int>(std::min<int64_t>(threads, samples == 1 ? threads : samples));
+  const int bands = samples == 1 ? parts : 1;
   auto member_of = [&](int32_t node) {
     auto it = std::find(g.nodes.begin(), g.nodes.end(), node);
     return it == g.nodes.end() ? -1 : static_cast<int>(it - g.nodes.begin());
@@ -50,12 +56,13 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
       ++inside;
     }
     if (inside && outside) return false;  // both: the others' rows would be needed from the plan's memory
-    if (inside && spec[s].shape.numel() * int64_t(sizeof(float)) / parts > kMaxPrivateBytes) return false;
+    const int64_t sample_bytes = spec[s].shape.numel() / samples * int64_t(sizeof(float));
+    if (inside && sample_bytes / (samples == 1 ? parts : 1) > kMaxPrivateBytes) return false;
     internal[i] = inside > 0;
   }
   if (std::find(internal.begin(), internal.end(), true) == internal.end()) return false;
   // Rows, from the last member back: a group output's band, else the hull of what its readers need.
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows(m, std::vector<std::pair<int64_t, int64_t>>(parts));
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows(m, std::vector<std::pair<int64_t, int64_t>>(bands));
   double work = 0, needed = 0;
   for (size_t i = m; i-- > 0;) {
     const conv::RowConv& cv = *g.convs[i];
@@ -64,11 +71,11 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
     const Edge& w = p.nodes[g.nodes[i]].inputs[1];
     const Shape& ws = spec[slot_of[w.node][w.index]].shape;  // (K, C / groups, kh, kw): multiply-adds a row
     const double row_cost = double(spec[s].shape.numel()) / oh * double(ws.numel()) / double(ws[0]);
-    for (int part = 0; part < parts; ++part) {
+    for (int part = 0; part < bands; ++part) {
       int64_t lo = oh, hi = 0;
       if (!internal[i]) {
-        lo = std::min(oh, oh * part / parts / unit * unit);
-        hi = part + 1 == parts ? oh : std::min(oh, oh * (part + 1) / parts / unit * unit);
+        lo = std::min(oh, oh * part / bands / unit * unit);
+        hi = part + 1 == bands ? oh : std::min(oh, oh * (part + 1) / bands / unit * unit);
       } else {
         for (int32_t c : consumers[s]) {  // as its input, the rows the reader's rows read; as its residual, those
           const int j = member_of(c);
@@ -90,6 +97,8 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
     needed += double(oh) * row_cost;
   }
   if (work > (1 + kMaxRedundancy) * needed) return false;
+  out->parts = parts;
+  out->samples = samples;
   out->nodes = g.nodes;
   out->rows = std::move(rows);
   for (size_t i = 0; i < m; ++i)
@@ -102,9 +111,9 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
 std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<std::vector<int>>& slot_of,
                                           const std::vector<TensorSpec>& spec,
                                           const std::vector<std::vector<int32_t>>& consumers,
-                                          const std::vector<bool>& kept, int parts) {
+                                          const std::vector<bool>& kept, int threads) {
   std::vector<TileGroupPlan> groups;
-  if (parts < 2 || p.training) return groups;
+  if (threads < 2 || p.training) return groups;
   // Runs of consecutive steps that can run by rows (sources between them are not steps).
   std::vector<std::vector<std::pair<int32_t, std::unique_ptr<conv::RowConv>>>> runs(1);
   for (int32_t id = 0; id < static_cast<int32_t>(p.nodes.size()); ++id) {
@@ -133,7 +142,7 @@ std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<st
           c.convs.push_back(run[i].second.get());
         }
         TileGroupPlan g;
-        if (!plan_group(c, p, slot_of, spec, consumers, kept, parts, &g)) continue;
+        if (!plan_group(c, p, slot_of, spec, consumers, kept, threads, &g)) continue;
         for (size_t i = start; i < end; ++i) g.convs.push_back(std::move(run[i].second));
         groups.push_back(std::move(g));
         start = end;
@@ -145,8 +154,8 @@ std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<st
   return groups;
 }
 
-RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts)
-    : members_(std::move(members)), parts_(parts) {
+RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples)
+    : members_(std::move(members)), parts_(parts), samples_(samples) {
   int64_t at = 0;
   for (int64_t f : private_floats) {
     offsets_.push_back(at);
@@ -167,17 +176,22 @@ void RowTiles::run() {
     for (int64_t part = p0; part < p1; ++part) {
       float* mem = memory_[part].get();
       float* pad = mem + offsets_.back();
-      for (const Member& m : members_) {
-        const auto [r0, r1] = m.rows[part];
-        if (r0 >= r1) continue;
-        const float* x = m.x_private >= 0 ? mem + offsets_[m.x_private] : m.step.in[0]->data<float>();
-        const int ri = m.conv->residual_input();
-        const float* residual = m.residual_private >= 0 ? mem + offsets_[m.residual_private]
-                                : ri >= 0               ? m.step.in[ri]->data<float>()
-                                                        : nullptr;
-        float* y = m.out_private >= 0 ? mem + offsets_[m.out_private] : m.step.out[0]->data<float>();
-        m.conv->run(x, residual, y, r0, r1, pad);
-      }
+      const bool bands = samples_ == 1;  // else whole samples [s0, s1), every row
+      const int64_t s0 = bands ? 0 : samples_ * part / parts_, s1 = bands ? 1 : samples_ * (part + 1) / parts_;
+      for (int64_t n = s0; n < s1; ++n)
+        for (const Member& m : members_) {
+          const auto [r0, r1] = m.rows[bands ? part : 0];
+          if (r0 >= r1) continue;
+          const int ri = m.conv->residual_input();
+          const float* x =
+              m.x_private >= 0 ? mem + offsets_[m.x_private] : m.step.in[0]->data<float>() + n * m.x_sample;
+          const float* residual = m.residual_private >= 0 ? mem + offsets_[m.residual_private]
+                                  : ri >= 0               ? m.step.in[ri]->data<float>() + n * m.residual_sample
+                                                          : nullptr;
+          float* y =
+              m.out_private >= 0 ? mem + offsets_[m.out_private] : m.step.out[0]->data<float>() + n * m.out_sample;
+          m.conv->run(x, residual, y, r0, r1, pad);
+        }
     }
   });
 }

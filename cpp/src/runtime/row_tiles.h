@@ -1,10 +1,13 @@
 #pragma once
-// Row-tiled execution of chains of convolutions at batch 1 on the CPU. Split layer by layer into bands
-// of rows, each thread read the rows next to its band from the other core in every layer (a halo), and
-// where the host placed the two virtual CPUs far apart (a cache line 200 ns away) two threads ran
-// ResNet-8 no faster than one. A group runs as one step instead: each thread computes, layer after
-// layer, the rows that its band of the group's outputs needs, into memory of its own, recomputing the
-// few rows where two bands' needs overlap, so that the threads meet only at the group's ends.
+// Tiled execution of chains of small convolutions on the CPU. A group of them runs as one step: each
+// thread computes, layer after layer, its part of the group's outputs into memory of its own, and the
+// threads meet only at the group's ends.
+// - One sample: a part is a band of output rows, and each layer's rows that the band needs, recomputing
+//   the few rows where two bands' needs overlap. Split layer by layer, each thread read the rows next to
+//   its band from the other core in every layer, and where the host placed the two virtual CPUs far apart
+//   (a cache line 200 ns away) two threads ran ResNet-8 no faster than one.
+// - More: a part is a range of samples, each run through the whole chain while its values stay in L2
+//   (layer by layer, a batch of 32 CIFAR images streamed 2 MB a layer through L3).
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -24,9 +27,11 @@ class RowTiles {
     std::unique_ptr<conv::RowConv> conv;
     int x_private = -1, residual_private = -1, out_private = -1;  // values kept per part, or -1: the plan's
     std::vector<std::pair<int64_t, int64_t>> rows;                // the output rows each part computes
+    int64_t x_sample = 0, residual_sample = 0, out_sample = 0;    // floats a sample of the plan's tensors
   };
 
-  RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts);
+  // private_floats: of each private value, one sample's; samples: the batch (above 1: parts of samples).
+  RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples);
   int parts() const { return parts_; }
   const std::vector<Member>& members() const { return members_; }
   void run();
@@ -35,12 +40,16 @@ class RowTiles {
   std::vector<Member> members_;
   std::vector<int64_t> offsets_;  // of each private value in a part's memory, then the pad buffer
   int parts_;
+  int64_t samples_;
   std::vector<std::unique_ptr<float[]>> memory_;  // a part's: allocated apart, first touched by its thread
 };
 
 // The groups of a plan, as lists of node ids, with each node's RowConv. `slot_of`, `spec`: the plan's
-// values; `consumers[s]`: the nodes reading slot s; `kept[s]`: s is a function output or an update.
+// values; `consumers[s]`: the nodes reading slot s; `kept[s]`: s is a function output or an update;
+// `threads`: the parts a group's work is cut into (at most).
 struct TileGroupPlan {
+  int parts = 0;
+  int64_t samples = 1;
   std::vector<int32_t> nodes;
   std::vector<std::unique_ptr<conv::RowConv>> convs;
   std::vector<int> private_slots;                              // the values passed inside the group
@@ -49,6 +58,6 @@ struct TileGroupPlan {
 std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<std::vector<int>>& slot_of,
                                           const std::vector<TensorSpec>& spec,
                                           const std::vector<std::vector<int32_t>>& consumers,
-                                          const std::vector<bool>& kept, int parts);
+                                          const std::vector<bool>& kept, int threads);
 
 }  // namespace kiln
