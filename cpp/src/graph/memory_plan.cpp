@@ -146,8 +146,9 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   for (int s = 0; s < nslots; ++s)
     external[s] = fresh[s] || !var_of[s].empty() || p.nodes[producer[s]].op->kind == OpKind::source;
 
-  // Row-tiled groups of convs (runtime/row_tiles.h): their members run interleaved, so every value a
-  // group reads stays alive to the group's last member.
+  // Tiled groups of convs (runtime/row_tiles.h): their members run interleaved, so every value a group
+  // reads or writes in the plan's memory stays alive to the group's last member (where it is released),
+  // and the values passed inside the group live in the group's own memory, not the plan's.
   std::vector<std::vector<int32_t>> consumers(nslots);
   for (int32_t id = 0; id < n; ++id)
     for (const Edge& e : p.nodes[id].inputs) {
@@ -160,14 +161,20 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
   std::vector<TileGroupPlan> groups =
       plan_row_tiles(p, slot_of, spec, consumers, kept, on_gpu ? 1 : cpu::num_threads());
   std::vector<int> group_of(n, -1);
-  for (size_t gi = 0; gi < groups.size(); ++gi)
+  std::vector<bool> in_group_memory(nslots, false);
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const int32_t last = groups[gi].nodes.back();
     for (int32_t id : groups[gi].nodes) {
       group_of[id] = static_cast<int>(gi);
       for (const Edge& e : p.nodes[id].inputs) {
         const int r = root[slot_of[e.node][e.index]];
-        last_use[r] = std::max(last_use[r], groups[gi].nodes.back());
+        last_use[r] = std::max(last_use[r], last);
       }
+      const int r = root[slot_of[id][0]];  // an output read only for its shape is still written
+      last_use[r] = std::max(last_use[r], last);
     }
+    for (int s : groups[gi].private_slots) in_group_memory[s] = true;
+  }
 
   // 3. Buffers: walk the nodes, give each new root slot a free buffer (or its dying input's,
   // in place), then release the buffers of roots that died here.
@@ -180,7 +187,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (node.op->kind == OpKind::source) continue;
     for (size_t k = 0; k < node.outputs.size() && node.op->kind == OpKind::compute && !view[id]; ++k) {
       int s = slot_of[id][k];
-      if (external[s]) continue;
+      if (external[s] || in_group_memory[s]) continue;
       size_t bytes = static_cast<size_t>(spec[s].shape.numel()) * dtype_size(spec[s].dtype);
       ++plan->stats.values;
       if (node.op->elementwise && k == 0 && !node.inputs.empty()) {
@@ -222,7 +229,12 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       }
     };
     for (const Edge& e : node.inputs) release(root[slot_of[e.node][e.index]]);
-    for (int s : slot_of[id]) release(root[s]);  // outputs nobody reads
+    for (int s : slot_of[id]) release(root[s]);                        // outputs nobody reads
+    if (group_of[id] >= 0 && groups[group_of[id]].nodes.back() == id)  // what the group's members held
+      for (int32_t member : groups[group_of[id]].nodes) {
+        for (const Edge& e : p.nodes[member].inputs) release(root[slot_of[e.node][e.index]]);
+        release(root[slot_of[member][0]]);
+      }
   }
 
   // 4. Allocate each buffer once and point the planned slots at it.
@@ -264,7 +276,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
       for (const Edge& e : node.inputs) in.push_back(spec[slot_of[e.node][e.index]]);
       for (int s : slot_of[id]) out.push_back(spec[s]);
       st.workspace = node.op->workspace(in, out, node.attrs);
-      scratch_bytes = std::max(scratch_bytes, st.workspace);
+      if (group_of[id] < 0) scratch_bytes = std::max(scratch_bytes, st.workspace);  // (members use their group's)
     }
     if (group_of[id] < 0) {
       plan->steps.push_back(std::move(st));
@@ -296,6 +308,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     group.attrs = &node.attrs;
     group.node = id;
     group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), g.parts, g.samples);
+    plan->stats.buffer_bytes += group.tiles->bytes();
     tile_members.clear();
     plan->steps.push_back(std::move(group));
   }

@@ -129,7 +129,7 @@ size_t direct_workspace(const Geom& g, Pass pass);
 void direct_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                     float* ws, size_t ws_bytes);
 void direct_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
-// By output rows, for row-tiled execution (graph/row_tiles.cpp): the forward's packed weights of a
+// By output rows, for row-tiled execution (runtime/row_tiles.cpp): the forward's packed weights of a
 // variable (cached), the output rows computed together (rows [r0, r1) start at a multiple), the floats
 // of the buffer a call pads into, and output rows [r0, r1) of one sample on this thread, reading the
 // input rows they need.

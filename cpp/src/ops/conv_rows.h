@@ -1,5 +1,5 @@
 #pragma once
-// A convolution run by output rows, for row-tiled execution (graph/row_tiles.cpp): at batch 1 each
+// A convolution run by output rows, for row-tiled execution (runtime/row_tiles.cpp): at batch 1 each
 // thread computes, layer after layer, the rows its part of a chain's outputs needs, from rows it
 // computed itself, so that the threads exchange data only at the chain's ends.
 #include <memory>

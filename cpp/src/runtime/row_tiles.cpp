@@ -10,10 +10,10 @@ namespace {
 // Work of a group beyond computing each output row once, at most: past it the rows recomputed where
 // bands' needs overlap cost more than the threads' exchange saves (ResNet-8's stages: 4 - 8%).
 constexpr double kMaxRedundancy = 0.15;
-// A part's share of a sample's value passed inside a group, at most. CIFAR-sized layers gain (ResNet-8's
-// are 8 - 32 KB a part at batch 1, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than
-// the exchange saves: ResNet-18's 28x28 layers (200 KB a part) ran 3% slower in groups, its 56x56
-// ones (400 KB) 7%.
+// A value passed inside a group, at most: its band's share at batch 1, a sample's above (each part
+// keeps whole values, of which it writes its rows). CIFAR-sized layers gain (ResNet-8's are 8 - 32 KB
+// a band, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than the exchange saves:
+// ResNet-18's 28x28 layers (200 KB a band) ran 3% slower in groups, its 56x56 ones (400 KB) 7%.
 constexpr int64_t kMaxPrivateBytes = 64 << 10;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -166,8 +166,8 @@ RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_flo
   offsets_.push_back(at);
   // A part's memory ends 4 KiB clear of anything another part writes: hardware prefetchers run
   // about 1 KiB past the end of a stream, and a line they pull from the other core costs there.
-  const int64_t total = at + round_up(static_cast<int64_t>(buffer), 16) + 1024;
-  for (int part = 0; part < parts_; ++part) memory_.emplace_back(new float[total]);
+  part_floats_ = static_cast<size_t>(at + round_up(static_cast<int64_t>(buffer), 16) + 1024);
+  for (int part = 0; part < parts_; ++part) memory_.emplace_back(new float[part_floats_]);
 }
 
 void RowTiles::run() {

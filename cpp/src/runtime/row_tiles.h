@@ -33,6 +33,7 @@ class RowTiles {
   // private_floats: of each private value, one sample's; samples: the batch (above 1: parts of samples).
   RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples);
   int parts() const { return parts_; }
+  size_t bytes() const { return memory_.size() * part_floats_ * sizeof(float); }  // the parts' own memory
   const std::vector<Member>& members() const { return members_; }
   void run();
 
@@ -41,7 +42,8 @@ class RowTiles {
   std::vector<int64_t> offsets_;  // of each private value in a part's memory, then the pad buffer
   int parts_;
   int64_t samples_;
-  std::vector<std::unique_ptr<float[]>> memory_;  // a part's: allocated apart, first touched by its thread
+  size_t part_floats_ = 0;
+  std::vector<std::unique_ptr<float[]>> memory_;  // a part's: its private values and pad buffer, allocated apart
 };
 
 // The groups of a plan, as lists of node ids, with each node's RowConv. `slot_of`, `spec`: the plan's
