@@ -158,3 +158,19 @@ def test_new_weights_reach_a_row_tiled_chain(restore_threads):
     np.testing.assert_allclose(f(xv), want(w1, w2), rtol=1e-4, atol=1e-4)
     W1.assign(-w1)
     np.testing.assert_allclose(f(xv), want(-w1, w2), rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_thread_count_makes_a_new_plan(restore_threads):
+    """Plans are cut for the pool's size (tiled groups, workspaces): after set_num_threads the next call
+    plans again, and gets the same values."""
+    net = Net(8)
+    xv = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    f = compiled(net, xv.shape, 2)
+    two = f(xv)
+    grouped = f.plan_stats()["steps"]
+    kn.set_num_threads(1)
+    np.testing.assert_allclose(f(xv), two, rtol=1e-5, atol=1e-6)
+    assert f.plan_stats()["steps"] > grouped  # one thread: no groups
+    kn.set_num_threads(2)
+    np.testing.assert_allclose(f(xv), two, rtol=1e-5, atol=1e-6)
+    assert f.plan_stats()["steps"] == grouped

@@ -42,6 +42,7 @@ static void bind_view(const KernelContext& c) { c.output(0) = c.input(0).view(c.
 std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& input_shapes, Device device) {
   auto plan = std::make_unique<Plan>();
   plan->input_shapes = input_shapes;
+  plan->threads = cpu::num_threads();
   plan->staged_inputs.resize(input_shapes.size());
   const bool on_gpu = device == Device::cuda;
   const int32_t n = static_cast<int32_t>(p.nodes.size());

@@ -6,6 +6,7 @@
 
 #include "kiln/cuda.h"
 #include "kiln/error.h"
+#include "kiln/threads.h"
 #include "runtime/device.h"
 #include "runtime/program.h"
 #include "runtime/row_tiles.h"
@@ -85,13 +86,14 @@ Plan& Function::plan_for(const std::vector<Tensor>& inputs) {
       throw Error("function: input '" + names[i] + "' expects " + want.str() + ", got " +
                   (got.defined() ? std::string(dtype_name(got.dtype())) + got.shape().str() : "nothing"));
   }
-  if (last_plan_) {  // the common case: same shapes as last time
+  const int threads = num_threads();                   // a plan is cut for a pool size: set_num_threads makes another
+  if (last_plan_ && last_plan_->threads == threads) {  // the common case: same shapes as last time
     bool same = true;
     for (size_t i = 0; same && i < inputs.size(); ++i) same = last_plan_->input_shapes[i] == inputs[i].shape();
     if (same) return *last_plan_;
   }
   for (size_t k = 0; k < plans_.size(); ++k) {
-    bool same = true;
+    bool same = plans_[k]->threads == threads;
     for (size_t i = 0; same && i < inputs.size(); ++i) same = plans_[k]->input_shapes[i] == inputs[i].shape();
     if (same) {  // move it to the back: the cache evicts from the front
       std::rotate(plans_.begin() + k, plans_.begin() + k + 1, plans_.end());

@@ -52,8 +52,9 @@ struct Step {
 };
 
 struct Plan {
-  std::vector<Shape> input_shapes;  // the cache key
-  std::vector<Tensor> slots;        // one per node output; never resized after planning
+  std::vector<Shape> input_shapes;  // the cache key, with the thread count
+  int threads = 1;            // the pool's size the plan was made for: its workspaces and tiled groups are cut for it
+  std::vector<Tensor> slots;  // one per node output; never resized after planning
   std::vector<Step> steps;
   std::vector<int> input_slots;
   std::vector<std::pair<int, std::string>> variable_slots;
