@@ -251,9 +251,9 @@ def test_convolution_of_no_channels_is_its_bias(stride, padding):
 @pytest.mark.parametrize("threads", [1, 3, 5])
 def test_one_sample_splits_its_rows_over_any_number_of_threads(threads):
     """At batch 1 each thread computes every filter of a band of output rows and pads the rows it
-    reads (conv_direct.cpp, conv_lanes.cpp). A ResNet block, compiled for this machine's pool and run
-    on other sizes (one thread; more threads than the workspace has buffers for), against numpy:
-    the direct kernel with a fused ReLU, the strided filter-lane kernel, and a stride-1 filter-lane
+    reads (conv_direct.cpp, conv_lanes.cpp); with two threads or more the block runs as one tiled
+    group (runtime/row_tiles.cpp). A ResNet block, planned for each pool size, against numpy: the
+    direct kernel with a fused ReLU, the strided filter-lane kernel, and a stride-1 filter-lane
     convolution adding a 1x1 projection as its residual."""
     rng = np.random.default_rng(11)
     xv = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
