@@ -174,3 +174,28 @@ def test_a_new_thread_count_makes_a_new_plan(restore_threads):
     kn.set_num_threads(2)
     np.testing.assert_allclose(f(xv), two, rtol=1e-5, atol=1e-6)
     assert f.plan_stats()["steps"] == grouped
+
+
+def test_branches_of_other_batch_sizes_stay_apart(restore_threads):
+    """Two independent chains, consecutive in the program, fed batches of 1 and of 3 (a Siamese
+    net's template and search images): a group runs one batch size, so they are not grouped
+    together, and each gets its own values."""
+    kn.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    ws = [rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.3 for _ in range(4)]
+    z = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    xs = rng.standard_normal((3, 8, 12, 12)).astype(np.float32)
+    with kn.Graph():
+        zi, xi = kn.input("z", (None, 8, 12, 12)), kn.input("x", (None, 8, 12, 12))
+        W = [kn.Parameter(w, name=f"w{i}") for i, w in enumerate(ws)]
+        a = kn.conv2d(kn.relu(kn.conv2d(zi, W[0], padding=1)), W[1], padding=1)
+        b = kn.conv2d(kn.relu(kn.conv2d(xi, W[2], padding=1)), W[3], padding=1)
+        f = kn.function([zi, xi], {"a": a, "b": b}, training=False)
+
+    def chain(v, w1, w2):
+        h = np.maximum(np_conv(v.astype(np.float64), w1.astype(np.float64), padding=1), 0)
+        return np_conv(h, w2.astype(np.float64), padding=1)
+
+    got = f(z, xs)
+    np.testing.assert_allclose(got["a"], chain(z, ws[0], ws[1]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["b"], chain(xs, ws[2], ws[3]), rtol=1e-4, atol=1e-4)

@@ -28,8 +28,15 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
                 const std::vector<TensorSpec>& spec, const std::vector<std::vector<int32_t>>& consumers,
                 const std::vector<bool>& kept, int threads, TileGroupPlan* out) {
   const size_t m = g.nodes.size();
-  const Edge& x0 = p.nodes[g.nodes[0]].inputs[0];
-  const int64_t samples = spec[slot_of[x0.node][x0.index]].shape[0];
+  auto batch_of = [&](int32_t node) {
+    const Edge& x = p.nodes[node].inputs[0];
+    return spec[slot_of[x.node][x.index]].shape[0];
+  };
+  const int64_t samples = batch_of(g.nodes[0]);
+  for (int32_t node : g.nodes)
+    if (batch_of(node) != samples) return false;  // independent branches of other batches (a Siamese net's)
+  // Fewer samples than threads: the layer-by-layer kernels use every thread, parts of samples could not.
+  if (samples > 1 && samples < threads) return false;
   // one sample: bands of rows; more: each part whole samples, every row of them
   const int parts = static_cast<int>(std::min<int64_t>(threads, samples == 1 ? threads : samples));
   const int bands = samples == 1 ? parts : 1;
