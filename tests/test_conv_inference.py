@@ -32,6 +32,7 @@ LANES_CASES = {
         dict(stride=(2, 3), padding=2, dilation=2),
     ),
     "one sample, 1x1 stride 2, read in place": ((1, 24, 14, 14), (40, 24, 1, 1), dict(stride=2)),
+    "rows of 56 in blocks of 8 pixels": ((2, 8, 112, 112), (32, 8, 3, 3), dict(stride=2, padding=1)),
 }
 
 
