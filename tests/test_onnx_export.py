@@ -693,3 +693,11 @@ def test_a_model_exported_by_pytorch_imports_and_agrees(tmp_path):
     for n in (1, 6):
         x = torch.randn(n, 3, 16, 16)
         np.testing.assert_allclose(m(x.numpy())["y"], net(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_topk_of_no_entries_has_no_onnx_form(tmp_path):
+    with kn.Graph():
+        x = kn.input("x", (None, 5))
+        f = kn.function([x], kn.topk(x, 0)[1], training=False)
+    with pytest.raises(kn.Error, match="topk with k = 0"):
+        kn.onnx.export(f, tmp_path / "m.onnx")

@@ -249,8 +249,11 @@ def _arg(ex: _Exporter, n: Node) -> list:
 @_handles("topk")
 def _topk(ex: _Exporter, n: Node) -> list:
     # ONNX's TopK also keeps the lower index first among equal values
+    k = int(n.attrs["k"])
+    if k < 1:
+        raise ExportError("topk with k = 0 (ONNX's TopK takes a positive K)")
     attrs = {"axis": int(n.attrs["axis"]), "largest": int(n.attrs.get("largest", 1)), "sorted": 1}
-    return list(ex.add("TopK", [n.ins[0], ex.ints([int(n.attrs["k"])])], attrs, outputs=2))
+    return list(ex.add("TopK", [n.ins[0], ex.ints([k])], attrs, outputs=2))
 
 
 @_handles("count")
