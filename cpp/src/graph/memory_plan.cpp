@@ -308,6 +308,11 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     group.op = node.op;
     group.attrs = &node.attrs;
     group.node = id;
+    for (const RowTiles::Member& member : tile_members)  // the members' fresh outputs, made before it runs
+      for (auto& [k, fresh_spec] : member.step.fresh) {
+        group.fresh.push_back({static_cast<int>(group.out.size()), fresh_spec});
+        group.out.push_back(member.step.out[k]);
+      }
     group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), g.parts, g.samples);
     plan->stats.buffer_bytes += group.tiles->bytes();
     tile_members.clear();

@@ -20,7 +20,6 @@ class RowConv {
   // A call computes rows of one sample.
   static std::unique_ptr<RowConv> make(const std::vector<TensorSpec>& inputs, const Attrs& attrs);
 
-  int64_t in_rows() const { return g_.in[1]; }
   int64_t out_rows() const { return g_.out[1]; }
   // Rows [r0, r1) computed together start at a multiple of this, and end at one or at the last row.
   int64_t row_unit() const { return unit_; }

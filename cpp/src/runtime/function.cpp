@@ -137,22 +137,20 @@ std::vector<Tensor> Function::run(const std::vector<Tensor>& inputs) {
   const uint64_t counter = calls_++;
   for (Step& st : plan.steps) {
     for (auto& [k, spec] : st.fresh) *st.out[k] = Tensor::empty(spec.shape, spec.dtype);
-    if (st.tiles)
-      for (const RowTiles::Member& m : st.tiles->members())
-        for (auto& [k, spec] : m.step.fresh) *m.step.out[k] = Tensor::empty(spec.shape, spec.dtype);
     KernelContext ctx{
         *st.attrs, st.in.data(),       static_cast<int>(st.in.size()), st.out.data(), static_cast<int>(st.out.size()),
         counter,   program_->training, plan.scratch->data(),           st.workspace};
+    auto execute = [&] { st.tiles ? st.tiles->run() : st.kernel(ctx); };
     try {
       if (profiling_) {
         auto t0 = std::chrono::steady_clock::now();
-        st.tiles ? st.tiles->run() : st.kernel(ctx);
+        execute();
         if (device_ != Device::cpu) device::synchronize();  // time the kernel, not its launch
         ProfileEntry& e = profile_[st.node];
         e.calls += 1;
         e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       } else {
-        st.tiles ? st.tiles->run() : st.kernel(ctx);
+        execute();
       }
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + "\n  in " + describe(program_->nodes[st.node]));

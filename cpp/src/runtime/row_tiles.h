@@ -32,9 +32,7 @@ class RowTiles {
 
   // private_floats: of each private value, one sample's; samples: the batch (above 1: parts of samples).
   RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples);
-  int parts() const { return parts_; }
   size_t bytes() const { return memory_.size() * part_floats_ * sizeof(float); }  // the parts' own memory
-  const std::vector<Member>& members() const { return members_; }
   void run();
 
  private:
@@ -46,9 +44,7 @@ class RowTiles {
   std::vector<std::unique_ptr<float[]>> memory_;  // a part's: its private values and pad buffer, allocated apart
 };
 
-// The groups of a plan, as lists of node ids, with each node's RowConv. `slot_of`, `spec`: the plan's
-// values; `consumers[s]`: the nodes reading slot s; `kept[s]`: s is a function output or an update;
-// `threads`: the parts a group's work is cut into (at most).
+// A group as the planner finds it: its nodes, each one's RowConv, and how its work is cut.
 struct TileGroupPlan {
   int parts = 0;
   int64_t samples = 1;
@@ -57,6 +53,8 @@ struct TileGroupPlan {
   std::vector<int> private_slots;                              // the values passed inside the group
   std::vector<std::vector<std::pair<int64_t, int64_t>>> rows;  // per member, per part
 };
+// The groups of a plan. `slot_of`, `spec`: the plan's values; `consumers[s]`: the nodes reading slot s;
+// `kept[s]`: s is a function output or an update; `threads`: the parts a group's work is cut into (at most).
 std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<std::vector<int>>& slot_of,
                                           const std::vector<TensorSpec>& spec,
                                           const std::vector<std::vector<int32_t>>& consumers,
