@@ -318,6 +318,7 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size
 
 // The scratch memory of the algorithm the kernels will pick (in the same order).
 size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
+  if (dtype == DType::float32 && pass == Pass::forward && winograd_applies(g)) return winograd_workspace(g);
   if (dtype == DType::float32 && pass == Pass::forward && lanes_applies(g)) return lanes_workspace(g);
   if (dtype == DType::float32 && direct_applies(g, pass)) return direct_workspace(g, pass);
   const size_t elem = dtype_size(dtype);
@@ -362,14 +363,16 @@ void fold_batch_norm(const Tensor* const* bn, const T* bias, double eps, int64_t
 // The float32 direct kernels, which apply the epilogue as they store; false where neither applies.
 bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, const float* residual,
                     bool shared, bool relu, float* y, void* ws, size_t ws_bytes) {
-  const bool lanes = lanes_applies(g);
-  if (!lanes && !direct_applies(g, Pass::forward)) return false;
+  const bool winograd = winograd_applies(g), lanes = !winograd && lanes_applies(g);
+  if (!winograd && !lanes && !direct_applies(g, Pass::forward)) return false;
   // inference functions keep variables' packed weights; a training step changes them every call
   const Tensor& w = c.input(1);
   const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
-  (lanes ? lanes_forward : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
-                                           Epilogue{bias, scale, residual, relu, shared ? g.k * g.P() : 0}, y,
-                                           static_cast<float*>(ws), ws_bytes);
+  (winograd ? winograd_forward
+   : lanes  ? lanes_forward
+            : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
+                             Epilogue{bias, scale, residual, relu, shared ? g.k * g.P() : 0}, y,
+                             static_cast<float*>(ws), ws_bytes);
   return true;
 }
 bool direct_kernels(const KernelContext&, const Geom&, const double*, const double*, const double*, bool, bool, double*,

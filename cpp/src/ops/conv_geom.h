@@ -152,4 +152,10 @@ size_t lanes_rows_buffer(const Geom& g);
 void lanes_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
                 float* buf);
 
+// Winograd F(2x2, 3x3) (conv_winograd.cpp): float32, 2-D, 3x3, stride 1, one group; the forward only.
+bool winograd_applies(const Geom& g);
+size_t winograd_workspace(const Geom& g);
+void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
+                      float* ws, size_t ws_bytes);
+
 }  // namespace kiln::conv

@@ -1,0 +1,26 @@
+#pragma once
+// Vectors of float32 through the compiler's vector extension: no intrinsics, and with -march=native
+// (KILN_NATIVE) each operation on a v16 is one AVX-512 instruction (two AVX2 ones elsewhere).
+#include <cstring>
+
+namespace kiln::cpu {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+
+// Unaligned loads and stores (memcpy: the compiler emits one vector move).
+template <class V = v16>
+inline V load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+inline void store(float* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// All lanes s (`v16{} + s` would add a zero the compiler may not drop, for -0's sake).
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+
+}  // namespace kiln::cpu

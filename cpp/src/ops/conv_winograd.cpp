@@ -1,0 +1,298 @@
+// Winograd convolution F(2x2, 3x3) for 3x3 stride-1 layers (float32, 2-D, one group, the forward):
+// each 4x4 tile of the padded input and each 3x3 filter become 16 values (V = B^T d B, U = G g G^T),
+// the channels are summed in 16 GEMMs M[xi] = U[xi] V[xi] (K x C times C x tiles), and each tile's 4x4
+// M becomes its 2x2 outputs (Y = A^T M A): 16 multiplications for 4 outputs where the direct kernels
+// take 36. Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016); NNPACK's and
+// XNNPACK's 3x3 convolutions. The transforms only add and subtract (and halve, for the weights), so
+// the error stays within a few times the direct sum's.
+//
+// The work goes in chunks of up to 48 tiles of one sample, through the three phases in turn: the
+// chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2, each GEMM's V[xi] in L1. Tile t of a sample
+// is (t / tw, t % tw); the transforms take a row of tiles 16 at a time (its 4 input rows read as
+// even and odd columns), the GEMMs the chunk's tiles as one row of slots, 16 to a vector.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cpu/vec.h"
+#include "cpu/weight_cache.h"
+#include "ops/conv_geom.h"
+
+namespace kiln::conv {
+namespace {
+
+using cpu::load;
+using cpu::splat;
+using cpu::store;
+using cpu::v16;
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxVectors = 3;  // a chunk's slots: 3 vectors of tiles x 8 filters, 24 accumulators
+constexpr int64_t kSlots = kMaxVectors * kLanes;
+constexpr int64_t kFilters = 8;  // filters per GEMM block
+constexpr int64_t kXi = 16;      // values per transformed tile
+constexpr int64_t kSlack = 64;   // floats past a buffer that whole-vector loads may read
+// Each chunk reads all of U: up to 1 MB (128 x 128 channels) it stays in L2 or L3 from chunk to chunk.
+// ResNet-18's 256 x 256 layers (4 MB) ran 1.3x slower than the direct kernels in the network, where
+// the other layers' weights evict it, though 0.7x their time alone.
+constexpr int64_t kMaxPacked = (int64_t(1) << 20) / sizeof(float);
+
+struct Wino {
+  int64_t n, c, k, h, w, oh, ow, pt, pl;
+  int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
+  int64_t tw() const { return (ow + 1) / 2; }
+  int64_t tiles() const { return th() * tw(); }
+  int64_t vectors() const { return (tiles() + kLanes - 1) / kLanes; }  // a sample's, in the GEMMs
+  int64_t hp() const { return 2 * th() + 2; }                          // the padded input's rows and pitch
+  int64_t wp() const { return 2 * tw() + 2; }
+  int64_t plane() const { return hp() * wp(); }
+  Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
+  int64_t k8() const { return (k + kFilters - 1) / kFilters * kFilters; }
+  int64_t packed() const { return kXi * k8() * c; }
+  // A part's workspace: the padded sample, the chunk's V and M.
+  int64_t part_elems() const { return c * plane() + kXi * (c + k8()) * kSlots + 3 * kSlack; }
+};
+
+Wino wino_of(const Geom& g) { return Wino{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2]}; }
+
+// packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter.
+// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+void pack(const Wino& d, const float* w, float* packed) {
+  const int64_t C = d.c, blocks = d.k8() / kFilters;
+  cpu::parallel_for(d.k, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t c = 0; c < C; ++c) {
+        const float* g = w + (k * C + c) * 9;
+        float gg[4][3];  // G g
+        for (int j = 0; j < 3; ++j) {
+          gg[0][j] = g[j];
+          gg[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+          gg[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+          gg[3][j] = g[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {
+          const float u[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]),
+                              0.5f * (gg[i][0] - gg[i][1] + gg[i][2]), gg[i][2]};
+          for (int j = 0; j < 4; ++j)
+            packed[(((i * 4 + j) * blocks + k / kFilters) * C + c) * kFilters + k % kFilters] = u[j];
+        }
+      }
+  });
+}
+
+// Lanes [0, m) of v stored at p; the lanes past them keep what p held (p's buffer is this thread's).
+inline void store_lanes(float* p, const v16& v, int64_t m) {
+  if (m == kLanes) return store(p, v);
+  const v16 lane{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  store(p, lane < float(m) ? v : load(p));
+}
+
+inline v16 evens(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+inline v16 odds(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// A run of tiles in one row of tiles: m tiles from (ti, tj), at slot s of the chunk.
+struct Run {
+  int64_t ti, tj, m, s;
+};
+
+// Calls fn(run) for the tiles [t0, t1) of a sample, row of tiles by row, at most 16 a run.
+template <class F>
+void for_runs(const Wino& d, int64_t t0, int64_t t1, F&& fn) {
+  for (int64_t t = t0; t < t1;) {
+    const int64_t ti = t / d.tw(), tj = t % d.tw(), m = std::min({kLanes, d.tw() - tj, t1 - t});
+    fn(Run{ti, tj, m, t - t0});
+    t += m;
+  }
+}
+
+// V[c][xi][slot] of the chunk's tiles [t0, t1) from the padded sample: V = B^T d B, with
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
+void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t slots, float* V) {
+  const int64_t wp = d.wp(), C = d.c;
+  for (int64_t c = 0; c < C; ++c) {
+    const float* xc = pad + c * d.plane();
+    for_runs(d, t0, t1, [&](const Run& r) {
+      v16 R[4][4];  // the 4 rows, each transformed along its columns: d B
+      for (int i = 0; i < 4; ++i) {
+        const float* p = xc + (2 * r.ti + i) * wp + 2 * r.tj;
+        const v16 a = load(p), b = load(p + kLanes), a2 = load(p + 2), b2 = load(p + 2 + kLanes);
+        const v16 x0 = evens(a, b), x1 = odds(a, b), x2 = evens(a2, b2), x3 = odds(a2, b2);
+        R[i][0] = x0 - x2, R[i][1] = x1 + x2, R[i][2] = x2 - x1, R[i][3] = x1 - x3;
+      }
+      for (int j = 0; j < 4; ++j) {
+        float* v = V + c * kXi * kSlots + r.s;
+        store_lanes(v + (0 * 4 + j) * kSlots, R[0][j] - R[2][j], r.m);
+        store_lanes(v + (1 * 4 + j) * kSlots, R[1][j] + R[2][j], r.m);
+        store_lanes(v + (2 * 4 + j) * kSlots, R[2][j] - R[1][j], r.m);
+        store_lanes(v + (3 * 4 + j) * kSlots, R[1][j] - R[3][j], r.m);
+      }
+    });
+  }
+  if (t1 - t0 < slots)  // the GEMMs' lanes past the tiles: finite, their products dropped
+    for (int64_t row = 0; row < kXi * C; ++row) std::fill(V + row * kSlots + (t1 - t0), V + row * kSlots + slots, 0.f);
+}
+
+// m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 filters r and NV vectors of slots; v's and m's rows
+// are a tile's 16 values apart.
+template <int NV>
+void gemm_block(const float* u, const float* v, int64_t C, float* m) {
+  v16 acc[kFilters][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kFilters; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = splat(0.f);
+  for (int64_t c = 0; c < C; ++c) {
+    v16 x[NV];
+    for (int j = 0; j < NV; ++j) x[j] = load(v + c * kXi * kSlots + j * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kFilters; ++r) {
+      const v16 s = splat(u[c * kFilters + r]);
+      for (int j = 0; j < NV; ++j) acc[r][j] += s * x[j];
+    }
+  }
+  for (int r = 0; r < kFilters; ++r)
+    for (int j = 0; j < NV; ++j) store(m + r * kXi * kSlots + j * kLanes, acc[r][j]);
+}
+
+// M[k][xi][slot] = sum over c of U[xi][k][c] V[c][xi][slot], for the chunk's nv vectors of slots.
+void multiply(const Wino& d, const float* U, const float* V, int64_t nv, float* M) {
+  const int64_t C = d.c, blocks = d.k8() / kFilters;
+  auto gemm = nv == 3 ? gemm_block<3> : nv == 2 ? gemm_block<2> : gemm_block<1>;
+  for (int64_t xi = 0; xi < kXi; ++xi)
+    for (int64_t b = 0; b < blocks; ++b)
+      gemm(U + (xi * blocks + b) * C * kFilters, V + xi * kSlots, C, M + (b * kFilters * kXi + xi) * kSlots);
+}
+
+// n floats from p into a vector (the lanes past them 0), and back: a row's end, where whole vectors
+// would reach past the row or the array.
+inline v16 load_part(const float* p, int64_t n) {
+  float t[kLanes] = {};
+  std::memcpy(t, p, n * sizeof(float));
+  return load(t);
+}
+inline void store_part(float* p, const v16& v, int64_t n) {
+  float t[kLanes];
+  store(t, v);
+  std::memcpy(p, t, n * sizeof(float));
+}
+
+// `cols` outputs (up to 32) of one output row from lo and hi (its first and last 16), with the
+// residual added and the ReLU applied as the epilogue says.
+inline void store_row(float* y, const float* res, v16 lo, v16 hi, int64_t cols, bool relu) {
+  const int64_t n_lo = std::min(cols, kLanes), n_hi = cols - n_lo;
+  if (res) {
+    lo += n_lo == kLanes ? load(res) : load_part(res, n_lo);
+    if (n_hi > 0) hi += n_hi == kLanes ? load(res + kLanes) : load_part(res + kLanes, n_hi);
+  }
+  if (relu) lo = lo > 0 ? lo : 0, hi = hi > 0 ? hi : 0;
+  n_lo == kLanes ? store(y, lo) : store_part(y, lo, n_lo);
+  if (n_hi > 0) n_hi == kLanes ? store(y + kLanes, hi) : store_part(y + kLanes, hi, n_hi);
+}
+
+// The chunk's outputs from M: Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and
+// e are the sample's.
+void transform_output(const Wino& d, const float* M, int64_t t0, int64_t t1, const Epilogue& e, float* y) {
+  const int64_t P = d.oh * d.ow;
+  for (int64_t k = 0; k < d.k; ++k) {
+    const float* mk = M + k * kXi * kSlots;
+    const float scale = e.scale ? e.scale[k] : 1.f, bias = e.bias ? e.bias[k] : 0.f;
+    for_runs(d, t0, t1, [&](const Run& r) {
+      v16 s[4], t[4];  // A^T M: the sums and differences of M's rows
+      for (int j = 0; j < 4; ++j) {
+        const v16 m0 = load(mk + (0 * 4 + j) * kSlots + r.s), m1 = load(mk + (1 * 4 + j) * kSlots + r.s),
+                  m2 = load(mk + (2 * 4 + j) * kSlots + r.s), m3 = load(mk + (3 * 4 + j) * kSlots + r.s);
+        s[j] = m0 + m1 + m2, t[j] = m1 - m2 - m3;
+      }
+      const v16 y00 = (s[0] + s[1] + s[2]) * scale + bias, y01 = (s[1] - s[2] - s[3]) * scale + bias;
+      const v16 y10 = (t[0] + t[1] + t[2]) * scale + bias, y11 = (t[1] - t[2] - t[3]) * scale + bias;
+      const int64_t row = 2 * r.ti, col = 2 * r.tj, cols = std::min(2 * r.m, d.ow - col);
+      const int64_t at = k * P + row * d.ow + col;
+      const float* res = e.residual ? e.residual + at : nullptr;
+      store_row(y + at, res, __builtin_shufflevector(y00, y01, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                __builtin_shufflevector(y00, y01, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), cols,
+                e.relu);
+      if (row + 1 < d.oh)
+        store_row(y + at + d.ow, res ? res + d.ow : nullptr,
+                  __builtin_shufflevector(y10, y11, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                  __builtin_shufflevector(y10, y11, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), cols,
+                  e.relu);
+    });
+  }
+}
+
+cpu::Derived cached_packed(const Wino& d, const float* w, uint64_t w_stamp) {
+  return cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, kXi, -kFilters}, static_cast<size_t>(d.packed()),
+                              [&](float* out) { pack(d, w, out); });
+}
+
+}  // namespace
+
+bool winograd_applies(const Geom& g) {
+  if (g.sp != 2 || g.groups != 1 || g.ker[1] != 3 || g.ker[2] != 3 || g.stride[1] != 1 || g.stride[2] != 1 ||
+      g.dil[1] != 1 || g.dil[2] != 1 || g.out[1] <= 0 || g.out[2] <= 0)
+    return false;
+  // KILN_WINOGRAD=0: the direct kernels' sums instead (another order of the same products)
+  static const bool off = [] {
+    const char* v = std::getenv("KILN_WINOGRAD");
+    return v && std::string(v) == "0";
+  }();
+  // Measured against the direct kernels on ResNet-18's and ResNet-8's layers: Winograd takes 0.6x their
+  // time from 32 channels and 32 tiles (12x12 outputs) on; a sample of 16 tiles (8x8, 7x7) fills one
+  // vector of the GEMMs, and 16 channels leave the transforms too large a share: both ran slower.
+  const Wino d = wino_of(g);
+  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && d.packed() <= kMaxPacked;
+}
+
+size_t winograd_workspace(const Geom& g) {
+  const Wino d = wino_of(g);
+  return static_cast<size_t>(d.packed() + d.part_elems() * cpu::num_threads()) * sizeof(float);
+}
+
+void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
+                      float* y, float* ws, size_t ws_bytes) {
+  const Wino d = wino_of(g);
+  const float* U = ws;
+  cpu::Derived cached;
+  if (w_stamp) {  // a variable's weights in an inference call: transformed once
+    cached = cached_packed(d, w, w_stamp);
+    U = cached->data();
+  } else {
+    std::fill(ws, ws + d.packed(), 0.f);
+    pack(d, w, ws);
+  }
+  // The parts split the batch's vectors of tiles evenly (at batch 1, the rows of tiles of a sample).
+  const int64_t vps = d.vectors(), total = d.n * vps;
+  const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
+  const int64_t parts = std::min({slots, int64_t(cpu::num_threads()), total});
+  run_parts(parts, [&](int64_t part) {
+    float* pad = ws + d.packed() + part * d.part_elems();
+    float* V = pad + d.c * d.plane() + kSlack;
+    float* M = V + kXi * d.c * kSlots + kSlack;
+    const int64_t v0 = total * part / parts, v1 = total * (part + 1) / parts;
+    for (int64_t gv = v0; gv < v1;) {
+      const int64_t n = gv / vps, first = gv % vps, last = std::min(v1 - n * vps, vps);  // this sample's vectors
+      const int64_t t_first = first * kLanes, t_end = std::min(d.tiles(), last * kLanes);
+      // the input rows the tiles read: 4 from each row of tiles' first
+      pad_rows(d.padding(), x + n * d.c * d.h * d.w, pad, 0, d.c, 2 * (t_first / d.tw()),
+               2 * ((t_end - 1) / d.tw()) + 4);
+      const Epilogue en = at_sample(epilogue, n * d.k * d.oh * d.ow);
+      float* yn = y + n * d.k * d.oh * d.ow;
+      // chunks of at most 3 vectors, as even as they come (7 vectors: 3, 2, 2)
+      const int64_t chunks = (last - first + kMaxVectors - 1) / kMaxVectors;
+      for (int64_t i = 0; i < chunks; ++i) {
+        const int64_t c0 = first + (last - first) * i / chunks, c1 = first + (last - first) * (i + 1) / chunks;
+        const int64_t t0 = c0 * kLanes, t1 = std::min(d.tiles(), c1 * kLanes);
+        transform_input(d, pad, t0, t1, (c1 - c0) * kLanes, V);
+        multiply(d, U, V, c1 - c0, M);
+        transform_output(d, M, t0, t1, en, yn);
+      }
+      gv = n * vps + last;
+    }
+  });
+}
+
+}  // namespace kiln::conv
