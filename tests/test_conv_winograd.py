@@ -46,9 +46,13 @@ def test_winograd_conv_matches_numpy(case, threads):
     try:
         kn.set_num_threads(threads)
         for _ in range(2):  # the weights transformed, then read from the cache
-            np.testing.assert_allclose(predict(xv), np.maximum(reference(xv, wv, bv, padding), 0), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                predict(xv), np.maximum(reference(xv, wv, bv, padding), 0), rtol=1e-4, atol=1e-4
+            )
         W.assign(-wv)  # a new stamp: transformed again
-        np.testing.assert_allclose(predict(xv), np.maximum(reference(xv, -wv, bv, padding), 0), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            predict(xv), np.maximum(reference(xv, -wv, bv, padding), 0), rtol=1e-4, atol=1e-4
+        )
         # a training function transforms the weights it is given on each call
         xi, wi = kn.input("xi", x_shape), kn.input("wi", wv.shape)
         y = kn.function([xi, wi], kn.conv2d(xi, wi, padding=padding))(xv, wv)
@@ -68,7 +72,9 @@ def test_winograd_error_stays_within_a_few_times_the_direct_sums():
     want = reference(xv, wv)
     xp = np.pad(xv, [(0, 0), (0, 0), (1, 1), (1, 1)])
     direct32 = sum(
-        np.einsum("nchw,kc->nkhw", xp[:, :, a : a + 28, b : b + 28], wv[:, :, a, b]) for a in range(3) for b in range(3)
+        np.einsum("nchw,kc->nkhw", xp[:, :, a : a + 28, b : b + 28], wv[:, :, a, b])
+        for a in range(3)
+        for b in range(3)
     )
     err, direct_err = np.abs(got - want).max(), np.abs(direct32 - want).max()
     assert err <= 4 * direct_err + 1e-7, (err, direct_err)
