@@ -2,7 +2,8 @@
 or more and at least 32 tiles of 2x2 outputs, against numpy in float64. The cases cover odd heights
 and widths (tiles half outside the output), rows of more than 16 tiles (two runs a row), chunks that
 end in a part-empty vector, filters past a multiple of 8, no padding and wide padding, one sample
-split over the threads mid-row, batches split mid-sample, the fused epilogue (a folded batch norm,
+split over the threads mid-row or (its transformed weights over 512 KB) by filters, batches split
+mid-sample, the fused epilogue (a folded batch norm,
 a residual, the ReLU), the transformed weights renewed after an assign, and a training function (the
 weights transformed on each call)."""
 
@@ -23,6 +24,9 @@ CASES = {
     "many chunks": ((1, 48, 40, 36), 64, 1),
     "no padding": ((2, 32, 15, 16), 32, 0),
     "padding 2": ((1, 32, 11, 12), 48, 2),
+    # one sample with U over 512 KB: on two threads or more, split by filters
+    "by filters": ((1, 96, 14, 14), 96, 1),
+    "by filters, 100 filters, odd sizes": ((1, 96, 11, 13), 100, 1),
 }
 
 

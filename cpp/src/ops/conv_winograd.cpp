@@ -6,10 +6,12 @@
 // XNNPACK's 3x3 convolutions. The transforms only add and subtract (and halve, for the weights), so
 // the error stays within a few times the direct sum's.
 //
-// The work goes in chunks of up to 48 tiles of one sample, through the three phases in turn: the
-// chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2, each GEMM's V[xi] in L1. Tile t of a sample
-// is (t / tw, t % tw); the transforms take a row of tiles 16 at a time (its 4 input rows read as
-// even and odd columns), the GEMMs the chunk's tiles as one row of slots, 16 to a vector.
+// The threads split the tiles, each taking its tiles in chunks of up to 48 through the three phases in
+// turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. Where that would read a large U
+// once a chunk (one sample, many channels), they split the filters instead: the sample's V is made
+// once, and each thread reads its filters' part of U once. Tile t of a sample is (t / tw, t % tw); the
+// transforms take a row of tiles 16 at a time (its 4 input rows read as even and odd columns), the
+// GEMMs a chunk's tiles as one row of slots, 16 to a vector, in blocks of 8 filters x 48 slots.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -28,18 +30,25 @@ using cpu::store;
 using cpu::v16;
 
 constexpr int64_t kLanes = 16;
-constexpr int64_t kMaxVectors = 3;  // a chunk's slots: 3 vectors of tiles x 8 filters, 24 accumulators
-constexpr int64_t kSlots = kMaxVectors * kLanes;
-constexpr int64_t kFilters = 8;  // filters per GEMM block
-constexpr int64_t kXi = 16;      // values per transformed tile
-constexpr int64_t kSlack = 64;   // floats past a buffer that whole-vector loads may read
-// Each chunk reads all of U: up to 1 MB (128 x 128 channels) it stays in L2 or L3 from chunk to chunk.
-// ResNet-18's 256 x 256 layers (4 MB) ran 1.3x slower than the direct kernels in the network, where
-// the other layers' weights evict it, though 0.7x their time alone.
+constexpr int64_t kMaxVectors = 3;  // a GEMM block: 3 vectors of tiles x 8 filters, 24 accumulators
+constexpr int64_t kFilters = 8;     // filters per GEMM block
+constexpr int64_t kXi = 16;         // values per transformed tile
+constexpr int64_t kSlack = 64;      // floats past a buffer that whole-vector loads may read
+// Split by tiles, each chunk reads all of U: up to 1 MB (128 x 128 channels) it stays in L2 or L3 from
+// chunk to chunk. ResNet-18's 256 x 256 layers (4 MB) ran 1.3x slower than the direct kernels in the
+// network so, where the other layers' weights evict it, though 0.7x their time alone.
 constexpr int64_t kMaxPacked = (int64_t(1) << 20) / sizeof(float);
+// One sample on several threads splits the filters from 512 KB of U on: ResNet-18's 28x28 layers ran
+// 0.91x their time split by tiles (3 chunks a thread, each reading U), its 56x56 ones (U 256 KB) the same.
+constexpr int64_t kSplitPacked = (int64_t(1) << 19) / sizeof(float);
 
 struct Wino {
   int64_t n, c, k, h, w, oh, ow, pt, pl;
+  // One sample on several threads with U over kSplitPacked: the threads split the filters, each reading
+  // its part of U once, over the sample's tiles in one chunk. Else they split the tiles, in chunks of 3
+  // vectors.
+  bool by_filters;
+  int64_t S;                                   // the slots of a chunk: V's and M's rows
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
   int64_t tw() const { return (ow + 1) / 2; }
   int64_t tiles() const { return th() * tw(); }
@@ -50,11 +59,21 @@ struct Wino {
   Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
   int64_t k8() const { return (k + kFilters - 1) / kFilters * kFilters; }
   int64_t packed() const { return kXi * k8() * c; }
-  // A part's workspace: the padded sample, the chunk's V and M.
-  int64_t part_elems() const { return c * plane() + kXi * (c + k8()) * kSlots + 3 * kSlack; }
+  int64_t pad_elems() const { return c * plane() + kSlack; }
+  int64_t v_elems() const { return kXi * c * S + kSlack; }
+  int64_t m_elems() const { return kXi * k8() * S + kSlack; }
+  // The workspace after U: by tiles, each part's padded sample, V and M; by filters, the padded sample
+  // and V, shared, and each part's M.
+  int64_t shared_elems() const { return by_filters ? pad_elems() + v_elems() : 0; }
+  int64_t part_elems() const { return by_filters ? m_elems() : pad_elems() + v_elems() + m_elems(); }
 };
 
-Wino wino_of(const Geom& g) { return Wino{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2]}; }
+Wino wino_of(const Geom& g) {
+  Wino d{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2], false, kMaxVectors * kLanes};
+  d.by_filters = g.n == 1 && cpu::num_threads() > 1 && d.packed() > kSplitPacked;
+  if (d.by_filters) d.S = d.vectors() * kLanes;
+  return d;
+}
 
 // packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter.
 // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
@@ -110,11 +129,12 @@ void for_runs(const Wino& d, int64_t t0, int64_t t1, F&& fn) {
   }
 }
 
-// V[c][xi][slot] of the chunk's tiles [t0, t1) from the padded sample: V = B^T d B, with
-// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
-void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t slots, float* V) {
-  const int64_t wp = d.wp(), C = d.c;
-  for (int64_t c = 0; c < C; ++c) {
+// V[c][xi][slot] of channels [c0, c1) of the chunk's tiles [t0, t1), from the padded sample: V = B^T d B,
+// with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
+void transform_input(const Wino& d, const float* pad, int64_t c0, int64_t c1, int64_t t0, int64_t t1, int64_t slots,
+                     float* V) {
+  const int64_t wp = d.wp(), S = d.S;
+  for (int64_t c = c0; c < c1; ++c) {
     const float* xc = pad + c * d.plane();
     for_runs(d, t0, t1, [&](const Run& r) {
       v16 R[4][4];  // the 4 rows, each transformed along its columns: d B
@@ -125,29 +145,29 @@ void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, in
         R[i][0] = x0 - x2, R[i][1] = x1 + x2, R[i][2] = x2 - x1, R[i][3] = x1 - x3;
       }
       for (int j = 0; j < 4; ++j) {
-        float* v = V + c * kXi * kSlots + r.s;
-        store_lanes(v + (0 * 4 + j) * kSlots, R[0][j] - R[2][j], r.m);
-        store_lanes(v + (1 * 4 + j) * kSlots, R[1][j] + R[2][j], r.m);
-        store_lanes(v + (2 * 4 + j) * kSlots, R[2][j] - R[1][j], r.m);
-        store_lanes(v + (3 * 4 + j) * kSlots, R[1][j] - R[3][j], r.m);
+        float* v = V + c * kXi * S + r.s;
+        store_lanes(v + (0 * 4 + j) * S, R[0][j] - R[2][j], r.m);
+        store_lanes(v + (1 * 4 + j) * S, R[1][j] + R[2][j], r.m);
+        store_lanes(v + (2 * 4 + j) * S, R[2][j] - R[1][j], r.m);
+        store_lanes(v + (3 * 4 + j) * S, R[1][j] - R[3][j], r.m);
       }
     });
   }
   if (t1 - t0 < slots)  // the GEMMs' lanes past the tiles: finite, their products dropped
-    for (int64_t row = 0; row < kXi * C; ++row) std::fill(V + row * kSlots + (t1 - t0), V + row * kSlots + slots, 0.f);
+    for (int64_t row = kXi * c0; row < kXi * c1; ++row) std::fill(V + row * S + (t1 - t0), V + row * S + slots, 0.f);
 }
 
 // m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 filters r and NV vectors of slots; v's and m's rows
 // are a tile's 16 values apart.
 template <int NV>
-void gemm_block(const float* u, const float* v, int64_t C, float* m) {
+void gemm_block(const float* u, const float* v, int64_t C, int64_t S, float* m) {
   v16 acc[kFilters][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < kFilters; ++r)
     for (int j = 0; j < NV; ++j) acc[r][j] = splat(0.f);
   for (int64_t c = 0; c < C; ++c) {
     v16 x[NV];
-    for (int j = 0; j < NV; ++j) x[j] = load(v + c * kXi * kSlots + j * kLanes);
+    for (int j = 0; j < NV; ++j) x[j] = load(v + c * kXi * S + j * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < kFilters; ++r) {
       const v16 s = splat(u[c * kFilters + r]);
@@ -155,16 +175,23 @@ void gemm_block(const float* u, const float* v, int64_t C, float* m) {
     }
   }
   for (int r = 0; r < kFilters; ++r)
-    for (int j = 0; j < NV; ++j) store(m + r * kXi * kSlots + j * kLanes, acc[r][j]);
+    for (int j = 0; j < NV; ++j) store(m + r * kXi * S + j * kLanes, acc[r][j]);
 }
 
-// M[k][xi][slot] = sum over c of U[xi][k][c] V[c][xi][slot], for the chunk's nv vectors of slots.
-void multiply(const Wino& d, const float* U, const float* V, int64_t nv, float* M) {
-  const int64_t C = d.c, blocks = d.k8() / kFilters;
-  auto gemm = nv == 3 ? gemm_block<3> : nv == 2 ? gemm_block<2> : gemm_block<1>;
+// M[k][xi][slot] = sum over c of U[xi][k][c] V[c][xi][slot], for filter blocks [b0, b1) and the chunk's
+// nv vectors of slots (M's rows from filter 8 b0 on).
+void multiply(const Wino& d, const float* U, const float* V, int64_t b0, int64_t b1, int64_t nv, float* M) {
+  const int64_t C = d.c, S = d.S, blocks = d.k8() / kFilters;
   for (int64_t xi = 0; xi < kXi; ++xi)
-    for (int64_t b = 0; b < blocks; ++b)
-      gemm(U + (xi * blocks + b) * C * kFilters, V + xi * kSlots, C, M + (b * kFilters * kXi + xi) * kSlots);
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* u = U + (xi * blocks + b) * C * kFilters;  // 8 filters' C values: in L1 across the vectors
+      float* m = M + ((b - b0) * kFilters * kXi + xi) * S;
+      const int64_t groups = (nv + kMaxVectors - 1) / kMaxVectors;  // as even as they come (4: 2 and 2)
+      for (int64_t i = 0; i < groups; ++i) {
+        const int64_t j = nv * i / groups, n = nv * (i + 1) / groups - j, at = j * kLanes;
+        (n == 3 ? gemm_block<3> : n == 2 ? gemm_block<2> : gemm_block<1>)(u, V + xi * S + at, C, S, m + at);
+      }
+    }
 }
 
 // n floats from p into a vector (the lanes past them 0), and back: a row's end, where whole vectors
@@ -193,18 +220,19 @@ inline void store_row(float* y, const float* res, v16 lo, v16 hi, int64_t cols, 
   if (n_hi > 0) n_hi == kLanes ? store(y + kLanes, hi) : store_part(y + kLanes, hi, n_hi);
 }
 
-// The chunk's outputs from M: Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and
-// e are the sample's.
-void transform_output(const Wino& d, const float* M, int64_t t0, int64_t t1, const Epilogue& e, float* y) {
-  const int64_t P = d.oh * d.ow;
-  for (int64_t k = 0; k < d.k; ++k) {
-    const float* mk = M + k * kXi * kSlots;
+// The chunk's outputs of filters [k0, k1) from M (its rows from k0 on): Y = A^T M A with
+// A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and e are the sample's.
+void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int64_t t0, int64_t t1, const Epilogue& e,
+                      float* y) {
+  const int64_t P = d.oh * d.ow, S = d.S;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* mk = M + (k - k0) * kXi * S;
     const float scale = e.scale ? e.scale[k] : 1.f, bias = e.bias ? e.bias[k] : 0.f;
     for_runs(d, t0, t1, [&](const Run& r) {
       v16 s[4], t[4];  // A^T M: the sums and differences of M's rows
       for (int j = 0; j < 4; ++j) {
-        const v16 m0 = load(mk + (0 * 4 + j) * kSlots + r.s), m1 = load(mk + (1 * 4 + j) * kSlots + r.s),
-                  m2 = load(mk + (2 * 4 + j) * kSlots + r.s), m3 = load(mk + (3 * 4 + j) * kSlots + r.s);
+        const v16 m0 = load(mk + (0 * 4 + j) * S + r.s), m1 = load(mk + (1 * 4 + j) * S + r.s),
+                  m2 = load(mk + (2 * 4 + j) * S + r.s), m3 = load(mk + (3 * 4 + j) * S + r.s);
         s[j] = m0 + m1 + m2, t[j] = m1 - m2 - m3;
       }
       const v16 y00 = (s[0] + s[1] + s[2]) * scale + bias, y01 = (s[1] - s[2] - s[3]) * scale + bias;
@@ -244,12 +272,12 @@ bool winograd_applies(const Geom& g) {
   // time from 32 channels and 32 tiles (12x12 outputs) on; a sample of 16 tiles (8x8, 7x7) fills one
   // vector of the GEMMs, and 16 channels leave the transforms too large a share: both ran slower.
   const Wino d = wino_of(g);
-  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && d.packed() <= kMaxPacked;
+  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && (d.by_filters || d.packed() <= kMaxPacked);
 }
 
 size_t winograd_workspace(const Geom& g) {
   const Wino d = wino_of(g);
-  return static_cast<size_t>(d.packed() + d.part_elems() * cpu::num_threads()) * sizeof(float);
+  return static_cast<size_t>(d.packed() + d.shared_elems() + d.part_elems() * cpu::num_threads()) * sizeof(float);
 }
 
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
@@ -264,14 +292,33 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
     std::fill(ws, ws + d.packed(), 0.f);
     pack(d, w, ws);
   }
+  const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed() - d.shared_elems()) / d.part_elems();
+  float* parts_ws = ws + d.packed() + d.shared_elems();
+  if (d.by_filters) {
+    // The sample padded and transformed once, each thread taking channels; then each thread takes filter
+    // blocks, its M holding their rows for all the tiles.
+    float* pad = ws + d.packed();
+    float* V = pad + d.pad_elems();
+    cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) {
+      pad_rows(d.padding(), x, pad, c0, c1, 0, d.hp());
+      transform_input(d, pad, c0, c1, 0, d.tiles(), d.S, V);
+    });
+    const int64_t blocks = d.k8() / kFilters, parts = std::min({slots, int64_t(cpu::num_threads()), blocks});
+    run_parts(parts, [&](int64_t part) {
+      const int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
+      float* M = parts_ws + part * d.part_elems();
+      multiply(d, U, V, b0, b1, d.vectors(), M);
+      transform_output(d, M, b0 * kFilters, std::min(d.k, b1 * kFilters), 0, d.tiles(), epilogue, y);
+    });
+    return;
+  }
   // The parts split the batch's vectors of tiles evenly (at batch 1, the rows of tiles of a sample).
   const int64_t vps = d.vectors(), total = d.n * vps;
-  const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
   const int64_t parts = std::min({slots, int64_t(cpu::num_threads()), total});
   run_parts(parts, [&](int64_t part) {
-    float* pad = ws + d.packed() + part * d.part_elems();
-    float* V = pad + d.c * d.plane() + kSlack;
-    float* M = V + kXi * d.c * kSlots + kSlack;
+    float* pad = parts_ws + part * d.part_elems();
+    float* V = pad + d.pad_elems();
+    float* M = V + d.v_elems();
     const int64_t v0 = total * part / parts, v1 = total * (part + 1) / parts;
     for (int64_t gv = v0; gv < v1;) {
       const int64_t n = gv / vps, first = gv % vps, last = std::min(v1 - n * vps, vps);  // this sample's vectors
@@ -286,9 +333,9 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
       for (int64_t i = 0; i < chunks; ++i) {
         const int64_t c0 = first + (last - first) * i / chunks, c1 = first + (last - first) * (i + 1) / chunks;
         const int64_t t0 = c0 * kLanes, t1 = std::min(d.tiles(), c1 * kLanes);
-        transform_input(d, pad, t0, t1, (c1 - c0) * kLanes, V);
-        multiply(d, U, V, c1 - c0, M);
-        transform_output(d, M, t0, t1, en, yn);
+        transform_input(d, pad, 0, d.c, t0, t1, (c1 - c0) * kLanes, V);
+        multiply(d, U, V, 0, d.k8() / kFilters, c1 - c0, M);
+        transform_output(d, M, 0, d.k, t0, t1, en, yn);
       }
       gv = n * vps + last;
     }
