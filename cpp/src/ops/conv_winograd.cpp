@@ -257,6 +257,23 @@ cpu::Derived cached_packed(const Wino& d, const float* w, uint64_t w_stamp) {
                               [&](float* out) { pack(d, w, out); });
 }
 
+// Tiles [t_begin, t_end) of one sample (x, e and y the sample's) on this thread, by tiles: the input rows
+// they read padded into `pad`, then chunks of at most 3 vectors, as even as they come (7: 3, 2, 2).
+void run_tiles(const Wino& d, const float* x, const float* U, const Epilogue& e, float* y, int64_t t_begin,
+               int64_t t_end, float* pad) {
+  float* V = pad + d.pad_elems();
+  float* M = V + d.v_elems();
+  pad_rows(d.padding(), x, pad, 0, d.c, 2 * (t_begin / d.tw()), 2 * ((t_end - 1) / d.tw()) + 4);
+  const int64_t vectors = (t_end - t_begin + kLanes - 1) / kLanes, chunks = (vectors + kMaxVectors - 1) / kMaxVectors;
+  for (int64_t i = 0; i < chunks; ++i) {
+    const int64_t v0 = vectors * i / chunks, v1 = vectors * (i + 1) / chunks;
+    const int64_t t0 = t_begin + v0 * kLanes, t1 = std::min(t_end, t_begin + v1 * kLanes);
+    transform_input(d, pad, 0, d.c, t0, t1, (v1 - v0) * kLanes, V);
+    multiply(d, U, V, 0, d.k8() / kFilters, v1 - v0, M);
+    transform_output(d, M, 0, d.k, t0, t1, e, y);
+  }
+}
+
 }  // namespace
 
 bool winograd_applies(const Geom& g) {
@@ -270,7 +287,9 @@ bool winograd_applies(const Geom& g) {
   }();
   // Measured against the direct kernels on ResNet-18's and ResNet-8's layers: Winograd takes 0.6x their
   // time from 32 channels and 32 tiles (12x12 outputs) on; a sample of 16 tiles (8x8, 7x7) fills one
-  // vector of the GEMMs, and 16 channels leave the transforms too large a share: both ran slower.
+  // vector of the GEMMs, and 16 channels leave the transforms too large a share: both ran slower. In a
+  // tiled group (runtime/row_tiles.cpp) the direct kernels stay: by rows, Winograd ran chains of 32 to
+  // 64 channels at 0.9 - 1.25x their time.
   const Wino d = wino_of(g);
   return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && (d.by_filters || d.packed() <= kMaxPacked);
 }
@@ -316,27 +335,11 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
   const int64_t vps = d.vectors(), total = d.n * vps;
   const int64_t parts = std::min({slots, int64_t(cpu::num_threads()), total});
   run_parts(parts, [&](int64_t part) {
-    float* pad = parts_ws + part * d.part_elems();
-    float* V = pad + d.pad_elems();
-    float* M = V + d.v_elems();
     const int64_t v0 = total * part / parts, v1 = total * (part + 1) / parts;
     for (int64_t gv = v0; gv < v1;) {
       const int64_t n = gv / vps, first = gv % vps, last = std::min(v1 - n * vps, vps);  // this sample's vectors
-      const int64_t t_first = first * kLanes, t_end = std::min(d.tiles(), last * kLanes);
-      // the input rows the tiles read: 4 from each row of tiles' first
-      pad_rows(d.padding(), x + n * d.c * d.h * d.w, pad, 0, d.c, 2 * (t_first / d.tw()),
-               2 * ((t_end - 1) / d.tw()) + 4);
-      const Epilogue en = at_sample(epilogue, n * d.k * d.oh * d.ow);
-      float* yn = y + n * d.k * d.oh * d.ow;
-      // chunks of at most 3 vectors, as even as they come (7 vectors: 3, 2, 2)
-      const int64_t chunks = (last - first + kMaxVectors - 1) / kMaxVectors;
-      for (int64_t i = 0; i < chunks; ++i) {
-        const int64_t c0 = first + (last - first) * i / chunks, c1 = first + (last - first) * (i + 1) / chunks;
-        const int64_t t0 = c0 * kLanes, t1 = std::min(d.tiles(), c1 * kLanes);
-        transform_input(d, pad, 0, d.c, t0, t1, (c1 - c0) * kLanes, V);
-        multiply(d, U, V, 0, d.k8() / kFilters, c1 - c0, M);
-        transform_output(d, M, 0, d.k, t0, t1, en, yn);
-      }
+      run_tiles(d, x + n * d.c * d.h * d.w, U, at_sample(epilogue, n * d.k * d.oh * d.ow), y + n * d.k * d.oh * d.ow,
+                first * kLanes, std::min(d.tiles(), last * kLanes), parts_ws + part * d.part_elems());
       gv = n * vps + last;
     }
   });
