@@ -8,8 +8,8 @@
 //
 // The threads split the tiles, each taking its tiles in chunks of up to 48 through the three phases in
 // turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. Where that would read a large U
-// once a chunk (one sample, many channels), they split the filters instead: the sample's V is made
-// once, and each thread reads its filters' part of U once. Tile t of a sample is (t / tw, t % tw); the
+// once a chunk (one sample, many channels), they split the filters instead: each thread transforms the
+// whole sample and reads its filters' part of U once. Tile t of a sample is (t / tw, t % tw); the
 // transforms take a row of tiles 16 at a time (its 4 input rows read as even and odd columns), the
 // GEMMs a chunk's tiles as one row of slots, 16 to a vector, in blocks of 8 filters x 48 slots.
 #include <algorithm>
@@ -34,9 +34,9 @@ constexpr int64_t kMaxVectors = 3;  // a GEMM block: 3 vectors of tiles x 8 filt
 constexpr int64_t kFilters = 8;     // filters per GEMM block
 constexpr int64_t kXi = 16;         // values per transformed tile
 constexpr int64_t kSlack = 64;      // floats past a buffer that whole-vector loads may read
-// Split by tiles, each chunk reads all of U: up to 1 MB (128 x 128 channels) it stays in L2 or L3 from
-// chunk to chunk. ResNet-18's 256 x 256 layers (4 MB) ran 1.3x slower than the direct kernels in the
-// network so, where the other layers' weights evict it, though 0.7x their time alone.
+// U up to 1 MB (128 x 128 channels), 16/9 of the weights. ResNet-18's 256 x 256 layers (4 MB) ran 1.05 -
+// 1.3x the direct kernels' time in the network, split by tiles or by filters, though 0.7 - 0.8x alone:
+// there the other layers' weights evict U, and reading it from memory takes as long as the GEMMs.
 constexpr int64_t kMaxPacked = (int64_t(1) << 20) / sizeof(float);
 // One sample on several threads splits the filters from 512 KB of U on: ResNet-18's 28x28 layers ran
 // 0.91x their time split by tiles (3 chunks a thread, each reading U), its 56x56 ones (U 256 KB) the same.
@@ -45,8 +45,8 @@ constexpr int64_t kSplitPacked = (int64_t(1) << 19) / sizeof(float);
 struct Wino {
   int64_t n, c, k, h, w, oh, ow, pt, pl;
   // One sample on several threads with U over kSplitPacked: the threads split the filters, each reading
-  // its part of U once, over the sample's tiles in one chunk. Else they split the tiles, in chunks of 3
-  // vectors.
+  // its part of U once, over the sample's tiles in one chunk. Else they split the tiles, in chunks of up
+  // to 3 vectors.
   bool by_filters;
   int64_t S;                                   // the slots of a chunk: V's and M's rows
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
@@ -62,10 +62,8 @@ struct Wino {
   int64_t pad_elems() const { return c * plane() + kSlack; }
   int64_t v_elems() const { return kXi * c * S + kSlack; }
   int64_t m_elems() const { return kXi * k8() * S + kSlack; }
-  // The workspace after U: by tiles, each part's padded sample, V and M; by filters, the padded sample
-  // and V, shared, and each part's M.
-  int64_t shared_elems() const { return by_filters ? pad_elems() + v_elems() : 0; }
-  int64_t part_elems() const { return by_filters ? m_elems() : pad_elems() + v_elems() + m_elems(); }
+  // The workspace after U: each part's padded sample, V and M.
+  int64_t part_elems() const { return pad_elems() + v_elems() + m_elems(); }
 };
 
 Wino wino_of(const Geom& g) {
@@ -129,12 +127,11 @@ void for_runs(const Wino& d, int64_t t0, int64_t t1, F&& fn) {
   }
 }
 
-// V[c][xi][slot] of channels [c0, c1) of the chunk's tiles [t0, t1), from the padded sample: V = B^T d B,
-// with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
-void transform_input(const Wino& d, const float* pad, int64_t c0, int64_t c1, int64_t t0, int64_t t1, int64_t slots,
-                     float* V) {
+// V[c][xi][slot] of the chunk's tiles [t0, t1), from the padded sample: V = B^T d B, with
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
+void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t slots, float* V) {
   const int64_t wp = d.wp(), S = d.S;
-  for (int64_t c = c0; c < c1; ++c) {
+  for (int64_t c = 0; c < d.c; ++c) {
     const float* xc = pad + c * d.plane();
     for_runs(d, t0, t1, [&](const Run& r) {
       v16 R[4][4];  // the 4 rows, each transformed along its columns: d B
@@ -154,7 +151,7 @@ void transform_input(const Wino& d, const float* pad, int64_t c0, int64_t c1, in
     });
   }
   if (t1 - t0 < slots)  // the GEMMs' lanes past the tiles: finite, their products dropped
-    for (int64_t row = kXi * c0; row < kXi * c1; ++row) std::fill(V + row * S + (t1 - t0), V + row * S + slots, 0.f);
+    for (int64_t row = 0; row < kXi * d.c; ++row) std::fill(V + row * S + (t1 - t0), V + row * S + slots, 0.f);
 }
 
 // m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 filters r and NV vectors of slots; v's and m's rows
@@ -268,7 +265,7 @@ void run_tiles(const Wino& d, const float* x, const float* U, const Epilogue& e,
   for (int64_t i = 0; i < chunks; ++i) {
     const int64_t v0 = vectors * i / chunks, v1 = vectors * (i + 1) / chunks;
     const int64_t t0 = t_begin + v0 * kLanes, t1 = std::min(t_end, t_begin + v1 * kLanes);
-    transform_input(d, pad, 0, d.c, t0, t1, (v1 - v0) * kLanes, V);
+    transform_input(d, pad, t0, t1, (v1 - v0) * kLanes, V);
     multiply(d, U, V, 0, d.k8() / kFilters, v1 - v0, M);
     transform_output(d, M, 0, d.k, t0, t1, e, y);
   }
@@ -291,12 +288,12 @@ bool winograd_applies(const Geom& g) {
   // tiled group (runtime/row_tiles.cpp) the direct kernels stay: by rows, Winograd ran chains of 32 to
   // 64 channels at 0.9 - 1.25x their time.
   const Wino d = wino_of(g);
-  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && (d.by_filters || d.packed() <= kMaxPacked);
+  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && d.packed() <= kMaxPacked;
 }
 
 size_t winograd_workspace(const Geom& g) {
   const Wino d = wino_of(g);
-  return static_cast<size_t>(d.packed() + d.shared_elems() + d.part_elems() * cpu::num_threads()) * sizeof(float);
+  return static_cast<size_t>(d.packed() + d.part_elems() * cpu::num_threads()) * sizeof(float);
 }
 
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
@@ -311,21 +308,20 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
     std::fill(ws, ws + d.packed(), 0.f);
     pack(d, w, ws);
   }
-  const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed() - d.shared_elems()) / d.part_elems();
-  float* parts_ws = ws + d.packed() + d.shared_elems();
+  const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
+  float* parts_ws = ws + d.packed();
   if (d.by_filters) {
-    // The sample padded and transformed once, each thread taking channels; then each thread takes filter
-    // blocks, its M holding their rows for all the tiles.
-    float* pad = ws + d.packed();
-    float* V = pad + d.pad_elems();
-    cpu::parallel_for(d.c, 1, [&](int64_t c0, int64_t c1) {
-      pad_rows(d.padding(), x, pad, c0, c1, 0, d.hp());
-      transform_input(d, pad, c0, c1, 0, d.tiles(), d.S, V);
-    });
+    // Each thread pads and transforms the whole sample into its own V, then takes its filter blocks. V
+    // made once and shared, half of it came from the other core's cache: ResNet-18's 28x28 layer took
+    // 450 - 490 us so where a line from there cost 4x more than usual, 340 us with a V a thread.
     const int64_t blocks = d.k8() / kFilters, parts = std::min({slots, int64_t(cpu::num_threads()), blocks});
     run_parts(parts, [&](int64_t part) {
+      float* pad = parts_ws + part * d.part_elems();
+      float* V = pad + d.pad_elems();
+      float* M = V + d.v_elems();
+      pad_rows(d.padding(), x, pad, 0, d.c, 0, d.hp());
+      transform_input(d, pad, 0, d.tiles(), d.S, V);
       const int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
-      float* M = parts_ws + part * d.part_elems();
       multiply(d, U, V, b0, b1, d.vectors(), M);
       transform_output(d, M, b0 * kFilters, std::min(d.k, b1 * kFilters), 0, d.tiles(), epilogue, y);
     });
