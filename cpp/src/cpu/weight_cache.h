@@ -3,6 +3,7 @@
 // transposed weight), kept while the variable is unchanged: its storage's stamp (Storage::stamp)
 // is part of the key, and every write renews it. For inference functions, where the weights are
 // read on every call and written by none.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -28,6 +29,20 @@ Derived derived_weights(const void* addr, uint64_t stamp, const DerivedShape& sh
   std::vector<float> values(floats, 0.f);
   fill(values.data());  // outside the lock: it may run on the thread pool
   return keep_derived(addr, stamp, shape, std::move(values));
+}
+
+// Weights in a kernel's packed form: a variable's (stamp != 0, an inference call) from the cache, kept
+// alive by `keep` while the kernel runs; any others made by fill(out) into `scratch`, zeroed first.
+template <class Fill>
+const float* packed_weights(const void* addr, uint64_t stamp, const DerivedShape& shape, size_t floats, float* scratch,
+                            Derived& keep, Fill&& fill) {
+  if (stamp) {
+    keep = derived_weights(addr, stamp, shape, floats, fill);
+    return keep->data();
+  }
+  std::fill(scratch, scratch + floats, 0.f);
+  fill(scratch);
+  return scratch;
 }
 
 }  // namespace kiln::cpu

@@ -238,9 +238,11 @@ void rows_of_sample(const Lanes& d, const float* x, const float* packed, const E
     for (int64_t oh = oh0; oh < oh1; ++oh) row(d, xs, packed, oh, 0, d.blocks(), e, y);
 }
 
+cpu::DerivedShape shape_key(const Lanes& d) { return cpu::DerivedShape{d.k, d.c, d.taps(), -kFilters}; }
+
 cpu::Derived cached_packed(const Lanes& d, const float* w, uint64_t w_stamp) {
-  return cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, d.taps(), -kFilters},
-                              static_cast<size_t>(d.packed()), [&](float* out) { pack(d, w, out); });
+  return cpu::derived_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()),
+                              [&](float* out) { pack(d, w, out); });
 }
 
 }  // namespace
@@ -266,14 +268,9 @@ size_t lanes_workspace(const Geom& g) {
 void lanes_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue, float* y,
                    float* ws, size_t ws_bytes) {
   const Lanes d = lanes_of(g);
-  const float* packed = ws;
-  cpu::Derived cached;
-  if (w_stamp) {  // a variable's weights in an inference call: packed once
-    cached = cached_packed(d, w, w_stamp);
-    packed = cached->data();
-  } else {
-    pack(d, w, ws);
-  }
+  cpu::Derived cached;  // a variable's weights in an inference call: packed once
+  const float* packed = cpu::packed_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()), ws, cached,
+                                            [&](float* out) { pack(d, w, out); });
   // Tasks: an output row and up to 4 filter blocks, so that rows of few pixels still make enough of them.
   constexpr int64_t kBlocksPerTask = 4;
   const int64_t groups = (d.blocks() + kBlocksPerTask - 1) / kBlocksPerTask;

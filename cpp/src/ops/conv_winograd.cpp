@@ -249,10 +249,8 @@ void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int
   }
 }
 
-cpu::Derived cached_packed(const Wino& d, const float* w, uint64_t w_stamp) {
-  return cpu::derived_weights(w, w_stamp, cpu::DerivedShape{d.k, d.c, kXi, -kFilters}, static_cast<size_t>(d.packed()),
-                              [&](float* out) { pack(d, w, out); });
-}
+// The cache's key for U beside the geometry of the weights.
+cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, -kFilters}; }
 
 // Tiles [t_begin, t_end) of one sample (x, e and y the sample's) on this thread, by tiles: the input rows
 // they read padded into `pad`, then chunks of at most 3 vectors, as even as they come (7: 3, 2, 2).
@@ -299,15 +297,9 @@ size_t winograd_workspace(const Geom& g) {
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
                       float* y, float* ws, size_t ws_bytes) {
   const Wino d = wino_of(g);
-  const float* U = ws;
   cpu::Derived cached;
-  if (w_stamp) {  // a variable's weights in an inference call: transformed once
-    cached = cached_packed(d, w, w_stamp);
-    U = cached->data();
-  } else {
-    std::fill(ws, ws + d.packed(), 0.f);
-    pack(d, w, ws);
-  }
+  const float* U = cpu::packed_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()), ws, cached,
+                                       [&](float* out) { pack(d, w, out); });
   const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
   float* parts_ws = ws + d.packed();
   if (d.by_filters) {
