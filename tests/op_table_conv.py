@@ -404,6 +404,7 @@ ADAPTIVE_CASES = [
     C((1, 3, 4), output_size=4),  # the identity
     C((1, 2, 5, 7), output_size=(3, 4)),  # uneven, overlapping windows
     C((1, 1, 5, 4), output_size=1),  # global
+    C((1, 2, 5, 6), output_size=(2, 1)),  # whole rows, overlapping windows (summed as one run each)
     C((1, 1, 3, 2), output_size=(5, 4)),  # larger than the input
     C((2, 1, 6, 5), output_size=(2, None)),  # None keeps the input's size
     C((1, 1, 3, 4, 5), output_size=(2, 3, 2)),
