@@ -376,19 +376,26 @@ def test_a_transposed_matmul_operand_is_read_in_place():
 @pytest.mark.parametrize(
     "m, k, n", [(32, 3072, 100), (30, 300, 96), (7, 257, 40), (1, 64, 17), (64, 100, 33), (13, 777, 70)]
 )
-def test_inference_linear_layers_with_few_rows_match_numpy(m, k, n):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_inference_linear_layers_with_few_rows_match_numpy(m, k, n, threads):
     """A small batch through a linear layer in an inference function runs against the weight
-    transposed once and kept (every edge of the 6 x 32 blocks: short row blocks, a narrow last
-    panel); an assign changes what the next call reads."""
+    transposed once and kept (every edge of the 8 x 32 blocks: short row blocks, a narrow last
+    panel; k split over the threads where the weight is tall, k >= 4 n, its last part short); an
+    assign changes what the next call reads."""
     rng = np.random.default_rng(m * k + n)
     xv, wv = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
     x = kn.input("x", (None, k))
     w = kn.Parameter(wv, name="w")
     f = kn.function([x], kn.relu(x @ w.T), training=False)
-    for _ in range(2):
-        want = np.maximum(xv.astype(np.float64) @ w.numpy().astype(np.float64).T, 0)
-        np.testing.assert_allclose(f(xv), want, rtol=1e-5, atol=1e-4 * np.sqrt(k))
-        w.assign(rng.standard_normal((n, k)).astype(np.float32))
+    before = kn.num_threads()
+    try:
+        kn.set_num_threads(threads)
+        for _ in range(2):
+            want = np.maximum(xv.astype(np.float64) @ w.numpy().astype(np.float64).T, 0)
+            np.testing.assert_allclose(f(xv), want, rtol=1e-5, atol=1e-4 * np.sqrt(k))
+            w.assign(rng.standard_normal((n, k)).astype(np.float32))
+    finally:
+        kn.set_num_threads(before)
 
 
 @pytest.mark.skipif(
