@@ -19,6 +19,7 @@
 
 #include "cpu/vec.h"
 #include "cpu/weight_cache.h"
+#include "kiln/error.h"
 #include "ops/conv_geom.h"
 
 namespace kiln::conv {
@@ -38,15 +39,18 @@ constexpr int64_t kSlack = 64;      // floats past a buffer that whole-vector lo
 // 1.3x the direct kernels' time in the network, split by tiles or by filters, though 0.7 - 0.8x alone:
 // there the other layers' weights evict U, and reading it from memory takes as long as the GEMMs.
 constexpr int64_t kMaxPacked = (int64_t(1) << 20) / sizeof(float);
-// One sample on several threads splits the filters from 512 KB of U on: ResNet-18's 28x28 layers ran
-// 0.91x their time split by tiles (3 chunks a thread, each reading U), its 56x56 ones (U 256 KB) the same.
+// One sample on several threads splits the filters from 512 KB of U on (ResNet-18's 28x28 layers ran
+// 0.91x their time split by tiles, 3 chunks a thread each reading U; its 56x56 ones, U 256 KB, the same)
+// where a thread's padded sample, V and M fit in 4 MB (3 MB at 28x28): larger samples split by tiles,
+// whose chunks take 1 MB at 128 channels (at 224x224 the sample's V and M would take 400 MB a thread).
 constexpr int64_t kSplitPacked = (int64_t(1) << 19) / sizeof(float);
+constexpr int64_t kSplitPartElems = (int64_t(4) << 20) / sizeof(float);
 
 struct Wino {
   int64_t n, c, k, h, w, oh, ow, pt, pl;
-  // One sample on several threads with U over kSplitPacked: the threads split the filters, each reading
-  // its part of U once, over the sample's tiles in one chunk. Else they split the tiles, in chunks of up
-  // to 3 vectors.
+  // One sample on several threads with U over kSplitPacked (and small enough): the threads split the
+  // filters, each reading its part of U once, over the sample's tiles in one chunk. Else they split
+  // the tiles, in chunks of up to 3 vectors.
   bool by_filters;
   int64_t S;                                   // the slots of a chunk: V's and M's rows
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
@@ -61,15 +65,23 @@ struct Wino {
   int64_t packed() const { return kXi * k8() * c; }
   int64_t pad_elems() const { return c * plane() + kSlack; }
   int64_t v_elems() const { return kXi * c * S + kSlack; }
-  int64_t m_elems() const { return kXi * k8() * S + kSlack; }
+  int64_t m_filters = 0;  // the filters of M's rows: all of them, or by filters a thread's share
+  int64_t m_elems() const { return kXi * m_filters * S + kSlack; }
   // The workspace after U: each part's padded sample, V and M.
   int64_t part_elems() const { return pad_elems() + v_elems() + m_elems(); }
 };
 
 Wino wino_of(const Geom& g) {
   Wino d{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2], false, kMaxVectors * kLanes};
-  d.by_filters = g.n == 1 && cpu::num_threads() > 1 && d.packed() > kSplitPacked;
-  if (d.by_filters) d.S = d.vectors() * kLanes;
+  d.m_filters = d.k8();
+  const int64_t threads = cpu::num_threads(), blocks = d.k8() / kFilters;
+  if (g.n == 1 && threads > 1 && d.packed() > kSplitPacked) {
+    Wino f = d;
+    f.by_filters = true;
+    f.S = d.vectors() * kLanes;
+    f.m_filters = (blocks + std::min(threads, blocks) - 1) / std::min(threads, blocks) * kFilters;
+    if (f.part_elems() <= kSplitPartElems) return f;
+  }
   return d;
 }
 
@@ -306,8 +318,9 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
     // Each thread pads and transforms the whole sample into its own V, then takes its filter blocks. V
     // made once and shared, half of it came from the other core's cache: ResNet-18's 28x28 layer took
     // 450 - 490 us so where a line from there cost 4x more than usual, 340 us with a V a thread.
-    const int64_t blocks = d.k8() / kFilters, parts = std::min({slots, int64_t(cpu::num_threads()), blocks});
-    run_parts(parts, [&](int64_t part) {
+    const int64_t blocks = d.k8() / kFilters, parts = std::min(int64_t(cpu::num_threads()), blocks);
+    if (slots < parts) throw Error("internal: conv's Winograd workspace holds fewer parts than threads");
+    run_parts(parts, [&](int64_t part) {  // each part's M holds ceil(blocks / parts) blocks' rows
       float* pad = parts_ws + part * d.part_elems();
       float* V = pad + d.pad_elems();
       float* M = V + d.v_elems();
