@@ -230,12 +230,30 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
       max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1);
       continue;
     }
-    if (ow_lo > 0)  // (a call with nothing to do cost as much as a vector: planes of 32x32 have one a row)
-      max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
+    // Values only: the columns the vectors leave (the first, the last few) folded here. Through
+    // max_pool_plane, a call a row for a column or two took a third of a 112x112 plane's time.
+    auto edge_at = [&](int64_t ow) {
+      const int64_t w0 = std::max<int64_t>(0, 2 * ow - pw), w1 = std::min<int64_t>(W, 2 * ow - pw + K);
+      float best = plane[(h0 + a_lo) * W + w0];
+      bool nan = false;
+      for (int a = a_lo; a < a_hi; ++a)
+        for (int64_t v = w0; v < w1; ++v) {
+          const float x = plane[(h0 + a) * W + v];
+          best = std::max(best, x);
+          nan |= x != x;
+        }
+      out[oh * OW + ow] = nan ? __builtin_nanf("") : best;
+    };
+    if (ow_lo > 0) {  // (a call with nothing to do cost as much as a vector: planes of 32x32 have one a row)
+      if constexpr (kIndices)
+        max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
+      else
+        for (int64_t ow = 0; ow < ow_lo; ++ow) edge_at(ow);
+    }
     auto vector_at = [&](int64_t ow) {
       const int64_t base = h0 * W + 2 * ow - pw;  // negative in a clipped first row: a starts past it
-      f16v best;
-      i16v arg, nan{};
+      f16v best{};  // set by the first window row (a_lo < a_hi), which the compiler cannot see
+      i16v arg{}, nan{};
       for (int a = a_lo; a < a_hi; ++a) {
         f16v col[3];  // the window row's pixels b = 0, 1 (, 2) of each of the 16 windows
         f16v lo, hi;
@@ -274,8 +292,12 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
     };
     for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) vector_at(ow);
     if (tail >= 0) vector_at(tail);
-    if (vec_done < OW)
-      max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
+    if (vec_done < OW) {
+      if constexpr (kIndices)
+        max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
+      else
+        for (int64_t ow = vec_done; ow < OW; ++ow) edge_at(ow);
+    }
   }
 }
 
