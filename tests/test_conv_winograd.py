@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from op_table_conv import np_conv
+from op_table_conv import np_conv, np_conv_transpose
 
 import kiln as kn
 
@@ -138,3 +138,31 @@ def test_winograd_takes_asymmetric_onnx_padding(tmp_path):
     got = got["y"] if isinstance(got, dict) else got
     xp = np.pad(xv.astype(np.float64), [(0, 0), (0, 0), (0, 2), (1, 0)])
     np.testing.assert_allclose(got, np_conv(xp, wv.astype(np.float64)), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "x_shape, k, padding",
+    [((2, 32, 12, 12), 40, 1), ((1, 33, 13, 11), 48, 0), ((3, 32, 10, 14), 32, 2)],
+    ids=["pad 1, 40 filters", "pad 0, odd sizes", "pad 2, three samples"],
+)
+def test_winograd_input_gradient_matches_numpy(x_shape, k, padding, threads):
+    """The input gradient of a 3x3 stride-1 convolution is a convolution of the output gradient by the
+    filters turned 180 degrees (channels and filters swapped): a training step takes it by Winograd too,
+    as does conv_transpose2d at stride 1."""
+    rng = np.random.default_rng(12)
+    xv = rng.standard_normal(x_shape).astype(np.float32)
+    wv = (rng.standard_normal((k, x_shape[1], 3, 3)) / np.sqrt(9 * x_shape[1])).astype(np.float32)
+    oh, ow = (x_shape[2] + 2 * padding - 2, x_shape[3] + 2 * padding - 2)
+    gv = rng.standard_normal((x_shape[0], k, oh, ow)).astype(np.float32)
+    x, w, g = kn.input("x", x_shape), kn.input("w", wv.shape), kn.input("g", gv.shape)
+    (dx,) = kn.grad(kn.sum(kn.conv2d(x, w, padding=padding) * g), [x])
+    want = np_conv_transpose(gv.astype(np.float64), wv.astype(np.float64), padding=padding)
+    before = kn.num_threads()
+    try:
+        kn.set_num_threads(threads)
+        np.testing.assert_allclose(kn.function([x, w, g], dx)(xv, wv, gv), want, rtol=1e-4, atol=1e-4)
+        t = kn.conv_transpose2d(g, w, padding=padding)  # the same kernel, as an op of its own
+        np.testing.assert_allclose(kn.function([g, w], t)(gv, wv), want, rtol=1e-4, atol=1e-4)
+    finally:
+        kn.set_num_threads(before)

@@ -3,7 +3,6 @@
 // transposed weight), kept while the variable is unchanged: its storage's stamp (Storage::stamp)
 // is part of the key, and every write renews it. For inference functions, where the weights are
 // read on every call and written by none.
-#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -32,7 +31,8 @@ Derived derived_weights(const void* addr, uint64_t stamp, const DerivedShape& sh
 }
 
 // Weights in a kernel's packed form: a variable's (stamp != 0, an inference call) from the cache, kept
-// alive by `keep` while the kernel runs; any others made by fill(out) into `scratch`, zeroed first.
+// alive by `keep` while the kernel runs; any others made by fill(out) into `scratch`, which must write
+// all `floats` of it (a training step packs on every call: zeroing first cost 10 us a 64-channel layer).
 template <class Fill>
 const float* packed_weights(const void* addr, uint64_t stamp, const DerivedShape& shape, size_t floats, float* scratch,
                             Derived& keep, Fill&& fill) {
@@ -40,7 +40,6 @@ const float* packed_weights(const void* addr, uint64_t stamp, const DerivedShape
     keep = derived_weights(addr, stamp, shape, floats, fill);
     return keep->data();
   }
-  std::fill(scratch, scratch + floats, 0.f);
   fill(scratch);
   return scratch;
 }

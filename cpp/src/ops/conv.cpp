@@ -242,8 +242,10 @@ void conv_forward(const Geom& g, const T* x, const T* w, const T* bias, T* out, 
 // col2im writes overlap within a sample).
 template <class T>
 void conv_input_grad(const Geom& g, const T* gy, const T* w, T* dx, T* ws, size_t ws_bytes) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_input_grad_applies(g)) return winograd_input_grad(g, gy, w, dx, ws, ws_bytes);
     if (direct_applies(g, Pass::input_grad)) return direct_input_grad(g, gy, w, dx, ws, ws_bytes);
+  }
   if (shifted_applies(g)) return shifted_input_grad(g, gy, w, dx, ws, ws_bytes);
   const int64_t slots = parts_in(g, Pass::input_grad, ws_bytes, sizeof(T));
   const int64_t P = g.P(), kg = g.kg(), ckk = g.ckk(), OW = g.out[2], rows = g.tile_rows(), R = g.rows_per_sample();
@@ -319,6 +321,8 @@ void conv_weight_grad(const Geom& g, const T* gy, const T* x, T* dw, T* ws, size
 // The scratch memory of the algorithm the kernels will pick (in the same order).
 size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   if (dtype == DType::float32 && pass == Pass::forward && winograd_applies(g)) return winograd_workspace(g);
+  if (dtype == DType::float32 && pass == Pass::input_grad && winograd_input_grad_applies(g))
+    return winograd_input_grad_workspace(g);
   if (dtype == DType::float32 && pass == Pass::forward && lanes_applies(g)) return lanes_workspace(g);
   if (dtype == DType::float32 && direct_applies(g, pass)) return direct_workspace(g, pass);
   const size_t elem = dtype_size(dtype);

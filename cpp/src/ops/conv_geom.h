@@ -152,10 +152,15 @@ size_t lanes_rows_buffer(const Geom& g);
 void lanes_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
                 float* buf);
 
-// Winograd F(2x2, 3x3) (conv_winograd.cpp): float32, 2-D, 3x3, stride 1, one group; the forward only.
+// Winograd F(2x2, 3x3) (conv_winograd.cpp): float32, 2-D, 3x3, stride 1, one group; the forward.
 bool winograd_applies(const Geom& g);
 size_t winograd_workspace(const Geom& g);
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                       float* ws, size_t ws_bytes);
+// The input gradient (and a transposed convolution's forward) of the convolutions g for which Winograd
+// applies to that gradient's own convolution.
+bool winograd_input_grad_applies(const Geom& g);
+size_t winograd_input_grad_workspace(const Geom& g);
+void winograd_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes);
 
 }  // namespace kiln::conv

@@ -29,6 +29,7 @@ using cpu::load;
 using cpu::splat;
 using cpu::store;
 using cpu::v16;
+using cpu::v8;
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxVectors = 3;  // a GEMM block: 3 vectors of tiles x 8 filters, 24 accumulators
@@ -52,7 +53,8 @@ struct Wino {
   // filters, each reading its part of U once, over the sample's tiles in one chunk. Else they split
   // the tiles, in chunks of up to 3 vectors.
   bool by_filters;
-  int64_t S;                                   // the slots of a chunk: V's and M's rows
+  int64_t S;             // the slots of a chunk: V's and M's rows
+  bool flipped = false;  // the weights are a forward convolution's (K, C, 3, 3), for its input gradient
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
   int64_t tw() const { return (ow + 1) / 2; }
   int64_t tiles() const { return th() * tw(); }
@@ -85,28 +87,37 @@ Wino wino_of(const Geom& g) {
   return d;
 }
 
-// packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter.
-// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
+// packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter; flipped,
+// g is w[c][k] turned by 180 degrees (the input gradient's filters).
+// G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. Eight filters at a time, in the lanes of v8 vectors:
+// every packed value is written (one (k, c) at a time, scattered over the 16 xi, a 64-channel layer
+// took 120 us, as long as its forward at batch 1).
 void pack(const Wino& d, const float* w, float* packed) {
   const int64_t C = d.c, blocks = d.k8() / kFilters;
-  cpu::parallel_for(d.k, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t c = 0; c < C; ++c) {
-        const float* g = w + (k * C + c) * 9;
-        float gg[4][3];  // G g
-        for (int j = 0; j < 3; ++j) {
-          gg[0][j] = g[j];
-          gg[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-          gg[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-          gg[3][j] = g[6 + j];
+  cpu::parallel_for(blocks * C, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t b = j / C, c = j % C;
+      v8 g[9];
+      for (int t = 0; t < 9; ++t)
+        for (int r = 0; r < kFilters; ++r) {
+          const int64_t k = b * kFilters + r;
+          g[t][r] = k >= d.k ? 0.f : d.flipped ? w[(c * d.k + k) * 9 + 8 - t] : w[(k * C + c) * 9 + t];
         }
-        for (int i = 0; i < 4; ++i) {
-          const float u[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]),
-                              0.5f * (gg[i][0] - gg[i][1] + gg[i][2]), gg[i][2]};
-          for (int j = 0; j < 4; ++j)
-            packed[(((i * 4 + j) * blocks + k / kFilters) * C + c) * kFilters + k % kFilters] = u[j];
-        }
+      v8 gg[4][3];  // G g
+      for (int i = 0; i < 3; ++i) {
+        gg[0][i] = g[i];
+        gg[1][i] = 0.5f * (g[i] + g[3 + i] + g[6 + i]);
+        gg[2][i] = 0.5f * (g[i] - g[3 + i] + g[6 + i]);
+        gg[3][i] = g[6 + i];
       }
+      float* out = packed + (b * C + c) * kFilters;
+      const int64_t xi_stride = blocks * C * kFilters;
+      for (int i = 0; i < 4; ++i) {
+        const v8 u[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]), 0.5f * (gg[i][0] - gg[i][1] + gg[i][2]),
+                         gg[i][2]};
+        for (int q = 0; q < 4; ++q) store(out + (i * 4 + q) * xi_stride, u[q]);
+      }
+    }
   });
 }
 
@@ -262,7 +273,7 @@ void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int
 }
 
 // The cache's key for U beside the geometry of the weights.
-cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, -kFilters}; }
+cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, d.flipped ? -9 : -kFilters}; }
 
 // Tiles [t_begin, t_end) of one sample (x, e and y the sample's) on this thread, by tiles: the input rows
 // they read padded into `pad`, then chunks of at most 3 vectors, as even as they come (7: 3, 2, 2).
@@ -306,12 +317,10 @@ size_t winograd_workspace(const Geom& g) {
   return static_cast<size_t>(d.packed() + d.part_elems() * cpu::num_threads()) * sizeof(float);
 }
 
-void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
-                      float* y, float* ws, size_t ws_bytes) {
-  const Wino d = wino_of(g);
-  cpu::Derived cached;
-  const float* U = cpu::packed_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()), ws, cached,
-                                       [&](float* out) { pack(d, w, out); });
+namespace {
+// The convolution d of x by the packed weights U into y; ws past U holds the parts' buffers.
+void run(const Wino& d, const float* x, const float* U, const Epilogue& epilogue, float* y, float* ws,
+         size_t ws_bytes) {
   const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
   float* parts_ws = ws + d.packed();
   if (d.by_filters) {
@@ -344,6 +353,45 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
       gv = n * vps + last;
     }
   });
+}
+
+}  // namespace
+
+void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& epilogue,
+                      float* y, float* ws, size_t ws_bytes) {
+  const Wino d = wino_of(g);
+  cpu::Derived cached;
+  const float* U = cpu::packed_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()), ws, cached,
+                                       [&](float* out) { pack(d, w, out); });
+  run(d, x, U, epilogue, y, ws, ws_bytes);
+}
+
+// The input gradient of a 3x3 stride-1 convolution is one too: of gy, by the filters turned 180 degrees
+// with filters and channels swapped, padded by 2 less the forward's padding (before; past gy's end
+// the rows and columns dx has read zeros).
+namespace {
+Geom input_grad_geom(const Geom& g) {
+  Geom t = g;
+  t.c = g.k, t.k = g.c;
+  for (int i = 0; i < 3; ++i) {
+    t.in[i] = g.out[i], t.out[i] = g.in[i];
+    t.pad[i] = g.ker[i] - 1 - g.pad[i];
+  }
+  return t;
+}
+}  // namespace
+
+bool winograd_input_grad_applies(const Geom& g) {
+  return g.pad[1] <= 2 && g.pad[2] <= 2 && winograd_applies(input_grad_geom(g));
+}
+
+size_t winograd_input_grad_workspace(const Geom& g) { return winograd_workspace(input_grad_geom(g)); }
+
+void winograd_input_grad(const Geom& g, const float* gy, const float* w, float* dx, float* ws, size_t ws_bytes) {
+  Wino d = wino_of(input_grad_geom(g));
+  d.flipped = true;
+  pack(d, w, ws);
+  run(d, gy, ws, Epilogue{}, dx, ws, ws_bytes);
 }
 
 }  // namespace kiln::conv
