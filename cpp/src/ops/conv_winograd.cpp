@@ -1,4 +1,5 @@
-// Winograd convolution F(2x2, 3x3) for 3x3 stride-1 layers (float32, 2-D, one group, the forward):
+// Winograd convolution F(2x2, 3x3) for 3x3 stride-1 layers (float32, 2-D, one group; the forward and
+// the input gradient, itself such a convolution):
 // each 4x4 tile of the padded input and each 3x3 filter become 16 values (V = B^T d B, U = G g G^T),
 // the channels are summed in 16 GEMMs M[xi] = U[xi] V[xi] (K x C times C x tiles), and each tile's 4x4
 // M becomes its 2x2 outputs (Y = A^T M A): 16 multiplications for 4 outputs where the direct kernels
