@@ -274,7 +274,7 @@ void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int
 }
 
 // The cache's key for U beside the geometry of the weights.
-cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, d.flipped ? -9 : -kFilters}; }
+cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, -kFilters}; }
 
 // Tiles [t_begin, t_end) of one sample (x, e and y the sample's) on this thread, by tiles: the input rows
 // they read padded into `pad`, then chunks of at most 3 vectors, as even as they come (7: 3, 2, 2).
