@@ -176,8 +176,8 @@ void gemm_rows(int m, int n, int k, const float* a, int lda, const float* bt, fl
     parallel_for(parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int k0 = int(slices * t / parts) * kSlice, k1 = std::min(k, int(slices * (t + 1) / parts) * kSlice);
-        for (int j = 0; j < panels; ++j)
-          t == 0 ? run(j, 0, blocks, k0, k1, c, ldc) : run(j, 0, blocks, k0, k1, scratch + (t - 1) * m * n, n);
+        float* out = t == 0 ? c : scratch + (t - 1) * m * n;
+        for (int j = 0; j < panels; ++j) run(j, 0, blocks, k0, k1, out, t == 0 ? ldc : n);
       }
     });
     for (int t = 1; t < parts; ++t)

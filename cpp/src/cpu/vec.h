@@ -7,6 +7,7 @@ namespace kiln::cpu {
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
 
 // Unaligned loads and stores (memcpy: the compiler emits one vector move).
 template <class V = v16>

@@ -11,25 +11,21 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/vec.h"
 #include "cpu/weight_cache.h"
 #include "ops/conv_geom.h"
 
 namespace kiln::conv {
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
+using cpu::load;
+using cpu::splat;
+using cpu::v16;
+using cpu::v4;
+using cpu::v8;
 constexpr int64_t kLanes = 16;    // output pixels per vector
 constexpr int64_t kFilters = 8;   // filters per register block
 constexpr int64_t kMaxTaps = 64;  // kernels up to 8x8 (larger ones take the GEMM paths)
-
-template <class V>
-inline V load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // 16 pixels: R rows of 16 / R pixels, `pitch` apart.
 template <int R>
@@ -46,9 +42,6 @@ inline v16 load_rows(const float* p, int64_t pitch) {
     return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   }
 }
-
-// All lanes s (`v16{} + s` would add a zero: the compiler may not drop it, for -0's sake).
-inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 

@@ -13,14 +13,17 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/vec.h"
 #include "cpu/weight_cache.h"
 #include "ops/conv_geom.h"
 
 namespace kiln::conv {
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
+using cpu::load;
+using cpu::splat;
+using cpu::v16;
+using cpu::v8;
 constexpr int64_t kLanes = 16;
 constexpr int64_t kFilters = 2 * kLanes;  // filters per register block
 // Output pixels per register block: 8 where rows split evenly into 8 (8, 16, 32, 56, 112), else 7
@@ -28,18 +31,6 @@ constexpr int64_t kFilters = 2 * kLanes;  // filters per register block
 // ResNet-18's 56-wide layers ran 6% faster so, its 112-wide stem 14%.
 constexpr int kMaxPixels = 8;
 int pixels_per_block(int64_t ow) { return ow % 8 == 0 ? 8 : 7; }
-
-inline v16 load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 
 // r[j] (8 pixels j of 8 filters each) transposed in registers: r[f] then holds filter f's 8 pixels.
 inline void transpose8(v8 (&r)[8]) {
@@ -180,7 +171,7 @@ void row_blocks(const Lanes& d, const Src& xs, const float* packed, int64_t oh, 
           const int64_t at = (k0 + f) * P + oh * d.ow + ow0;
           v8 v = r[f - f0] * (e.scale ? e.scale[k0 + f] : 1.f) + (e.bias ? e.bias[k0 + f] : 0.f);
           if (np == 8) {
-            if (e.residual) v += load8(e.residual + at);
+            if (e.residual) v += load<v8>(e.residual + at);
             if (e.relu) v = v > 0 ? v : 0;
             std::memcpy(y + at, &v, sizeof v);
             continue;

@@ -244,12 +244,13 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
         }
       out[oh * OW + ow] = nan ? __builtin_nanf("") : best;
     };
-    if (ow_lo > 0) {  // (a call with nothing to do cost as much as a vector: planes of 32x32 have one a row)
+    auto edges = [&](int64_t ow0, int64_t ow1) {  // columns [ow0, ow1) outside the vectors
       if constexpr (kIndices)
-        max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, 0, ow_lo);
+        max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, ow0, ow1);
       else
-        for (int64_t ow = 0; ow < ow_lo; ++ow) edge_at(ow);
-    }
+        for (int64_t ow = ow0; ow < ow1; ++ow) edge_at(ow);
+    };
+    if (ow_lo > 0) edges(0, ow_lo);  // (a call with nothing to do cost as much as a vector: 32x32 has one a row)
     auto vector_at = [&](int64_t ow) {
       const int64_t base = h0 * W + 2 * ow - pw;  // negative in a clipped first row: a starts past it
       f16v best{};  // set by the first window row (a_lo < a_hi), which the compiler cannot see
@@ -292,12 +293,7 @@ void max_pool_s2_plane(const float* plane, float* out, int64_t* idx, int64_t OH,
     };
     for (int64_t ow = ow_lo; ow < vec_end; ow += kLanes) vector_at(ow);
     if (tail >= 0) vector_at(tail);
-    if (vec_done < OW) {
-      if constexpr (kIndices)
-        max_pool_plane<float, K, K, 2>(plane, out, idx, OH, OW, H, W, K, K, 2, 2, ph, pw, oh, oh + 1, vec_done, OW);
-      else
-        for (int64_t ow = vec_done; ow < OW; ++ow) edge_at(ow);
-    }
+    if (vec_done < OW) edges(vec_done, OW);
   }
 }
 
