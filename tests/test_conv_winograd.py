@@ -27,6 +27,14 @@ CASES = {
     # one sample with U over 512 KB: on two threads or more, split by filters
     "by filters": ((1, 96, 14, 14), 96, 1),
     "by filters, 100 filters, odd sizes": ((1, 96, 11, 13), 100, 1),
+    # rows of 8 tiles or fewer: 2 or 4 rows of tiles a vector; chunks across samples
+    "16x16, two rows of tiles a vector": ((2, 32, 16, 16), 32, 1),
+    "8x8, four rows a vector, five samples in chunks of three": ((5, 32, 8, 8), 40, 1),
+    "7x7, the last column of tiles half outside": ((3, 64, 7, 7), 32, 1),
+    "11x7, a vector's last rows of tiles missing": ((3, 32, 11, 7), 48, 1),
+    "10x12, rows of 6 tiles in lanes of 8": ((2, 32, 10, 12), 32, 1),
+    # one sample of fewer vectors than threads: split by filters
+    "8x8, one sample": ((1, 64, 8, 8), 64, 1),
 }
 
 

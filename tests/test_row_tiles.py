@@ -97,8 +97,12 @@ def restore_threads():
 
 
 # (channels, height, width): rows of 32 pixels (two vectors a row), of 20 (a partial vector), of 8 and
-# of 4 (two and four rows a vector), of 14 (the filter-lane kernel at stride 1), odd heights.
-SHAPES = [(8, 32, 32), (8, 13, 20), (8, 16, 8), (8, 12, 4), (32, 14, 14), (8, 9, 16)]
+# of 4 (two and four rows a vector), of 14 (the filter-lane kernel at stride 1), odd heights; Winograd's
+# layers (conv_winograd.cpp) by bands of rows of tiles (16 channels at 32x32: 16 tiles a row; 32 at 16x16
+# and 14x14: two rows of tiles a vector; 32 at 20x12: rows of 6 tiles in 8 lanes) and by whole samples
+# (64 channels at 8x8: four rows of tiles a vector).
+SHAPES = [(8, 32, 32), (8, 13, 20), (8, 16, 8), (8, 12, 4), (32, 14, 14), (8, 9, 16), (16, 32, 32), (32, 16, 16),
+          (32, 20, 12)]  # fmt: skip
 
 
 @pytest.mark.parametrize("threads", [2, 3, 4])

@@ -323,6 +323,7 @@ size_t workspace_of(const Geom& g, Pass pass, DType dtype) {
   if (dtype == DType::float32 && pass == Pass::forward && winograd_applies(g)) return winograd_workspace(g);
   if (dtype == DType::float32 && pass == Pass::input_grad && winograd_input_grad_applies(g))
     return winograd_input_grad_workspace(g);
+  if (dtype == DType::float32 && pass == Pass::forward && pointwise_applies(g)) return pointwise_workspace(g);
   if (dtype == DType::float32 && pass == Pass::forward && lanes_applies(g)) return lanes_workspace(g);
   if (dtype == DType::float32 && direct_applies(g, pass)) return direct_workspace(g, pass);
   const size_t elem = dtype_size(dtype);
@@ -367,14 +368,16 @@ void fold_batch_norm(const Tensor* const* bn, const T* bias, double eps, int64_t
 // The float32 direct kernels, which apply the epilogue as they store; false where neither applies.
 bool direct_kernels(const KernelContext& c, const Geom& g, const float* bias, const float* scale, const float* residual,
                     bool shared, bool relu, float* y, void* ws, size_t ws_bytes) {
-  const bool winograd = winograd_applies(g), lanes = !winograd && lanes_applies(g);
-  if (!winograd && !lanes && !direct_applies(g, Pass::forward)) return false;
+  const bool winograd = winograd_applies(g), pointwise = pointwise_applies(g);
+  const bool lanes = !winograd && !pointwise && lanes_applies(g);
+  if (!winograd && !pointwise && !lanes && !direct_applies(g, Pass::forward)) return false;
   // inference functions keep variables' packed weights; a training step changes them every call
   const Tensor& w = c.input(1);
   const uint64_t stamp = !c.training && w.storage()->tracked() ? w.storage()->stamp() : 0;
-  (winograd ? winograd_forward
-   : lanes  ? lanes_forward
-            : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
+  (winograd    ? winograd_forward
+   : pointwise ? pointwise_forward
+   : lanes     ? lanes_forward
+               : direct_forward)(g, c.input(0).data<float>(), w.data<float>(), stamp,
                              Epilogue{bias, scale, residual, relu, shared ? g.k * g.P() : 0}, y,
                              static_cast<float*>(ws), ws_bytes);
   return true;
@@ -552,7 +555,7 @@ std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, 
   Shape sample = in[0].shape;  // a call computes rows of one sample
   sample[0] = 1;
   const Geom g = make_geom(sample, in[1].shape, attrs, "conv");
-  if (!lanes_applies(g) && !direct_applies(g, Pass::forward)) return nullptr;
+  if (!pointwise_applies(g) && !lanes_applies(g) && !direct_applies(g, Pass::forward)) return nullptr;
   // Each thread reads all the weights: layers of more weights than pixels stay split by filters,
   // unless their weights sit in a quarter of L2 (ResNet-8's 64-filter layer, 147 KB: 8 us a call
   // faster in a group where the two virtual CPUs were far apart).
@@ -560,13 +563,22 @@ std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, 
   if (!rows_in_bands(padded, weights) && weights * int64_t(sizeof(float)) > (256 << 10)) return nullptr;
   const ConvInputs at(in.size(), attrs);
   if (at.residual >= 0 && in[at.residual].shape != Shape{in[0].shape[0], g.k, g.out[1], g.out[2]}) return nullptr;
-  return std::unique_ptr<RowConv>(new RowConv(g, attrs, in.size()));
+  Geom batch = g;
+  batch.n = in[0].shape[0];
+  const Kernel kernel = winograd_rows_apply(batch) ? Kernel::winograd
+                        : pointwise_applies(g)     ? Kernel::pointwise
+                        : lanes_applies(g)         ? Kernel::lanes
+                                                   : Kernel::direct;
+  return std::unique_ptr<RowConv>(new RowConv(g, attrs, in.size(), kernel));
 }
 
-conv::RowConv::RowConv(const Geom& g, const Attrs& attrs, size_t n_in)
-    : g_(g), at_(n_in, attrs), lanes_(lanes_applies(g)), relu_(attrs.i("relu", 0) != 0) {
-  unit_ = lanes_ ? 1 : direct_row_unit(g);
-  buffer_ = lanes_ ? lanes_rows_buffer(g) : direct_rows_buffer(g);
+conv::RowConv::RowConv(const Geom& g, const Attrs& attrs, size_t n_in, Kernel kernel)
+    : g_(g), at_(n_in, attrs), kernel_(kernel), relu_(attrs.i("relu", 0) != 0) {
+  unit_ = kernel == Kernel::winograd ? winograd_row_unit(g) : kernel == Kernel::direct ? direct_row_unit(g) : 1;
+  buffer_ = kernel == Kernel::winograd    ? winograd_rows_buffer(g)
+            : kernel == Kernel::pointwise ? pointwise_rows_buffer(g)
+            : kernel == Kernel::lanes     ? lanes_rows_buffer(g)
+                                          : direct_rows_buffer(g);
   if (at_.bn >= 0) {
     affine_.resize(2 * g.k);
     eps_ = attrs.f("bn_eps");
@@ -582,8 +594,12 @@ std::pair<int64_t, int64_t> conv::RowConv::rows_read(int64_t r0, int64_t r1) con
 void conv::RowConv::prepare(const std::vector<const Tensor*>& in) {
   const Tensor& w = *in[1];
   if (!w.storage()->tracked()) throw Error("internal: a row-tiled conv's weights are not a variable's");
-  packed_ = lanes_ ? lanes_packed(g_, w.data<float>(), w.storage()->stamp())
-                   : direct_packed(g_, w.data<float>(), w.storage()->stamp());
+  const float* wv = w.data<float>();
+  const uint64_t stamp = w.storage()->stamp();
+  packed_ = kernel_ == Kernel::winograd    ? winograd_packed(g_, wv, stamp)
+            : kernel_ == Kernel::pointwise ? pointwise_packed(g_, wv, stamp)
+            : kernel_ == Kernel::lanes     ? lanes_packed(g_, wv, stamp)
+                                           : direct_packed(g_, wv, stamp);
   bias_ = at_.bias >= 0 ? in[at_.bias]->data<float>() : nullptr;
   if (at_.bn >= 0) fold_batch_norm(in.data() + at_.bn, bias_, eps_, g_.k, affine_.data(), affine_.data() + g_.k);
 }
@@ -591,7 +607,10 @@ void conv::RowConv::prepare(const std::vector<const Tensor*>& in) {
 void conv::RowConv::run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const {
   const bool bn = at_.bn >= 0;
   const Epilogue e{bn ? affine_.data() + g_.k : bias_, bn ? affine_.data() : nullptr, residual, relu_, 0};
-  (lanes_ ? lanes_rows : direct_rows)(g_, x, packed_->data(), e, y, r0, r1, buf);
+  (kernel_ == Kernel::winograd    ? winograd_rows
+   : kernel_ == Kernel::pointwise ? pointwise_rows
+   : kernel_ == Kernel::lanes     ? lanes_rows
+                                  : direct_rows)(g_, x, packed_->data(), e, y, r0, r1, buf);
 }
 
 void register_conv_ops(OpRegistry& r) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cpu/parallel.h"
+#include "cpu/vec.h"
 #include "cpu/weight_cache.h"
 
 namespace kiln::conv {
@@ -55,20 +56,28 @@ struct Padding {
   int64_t h, w, hp, pitch, pt, pl;
 };
 
-// Rows [r0, r1) of channels [c0, c1) of the padded input. Each element is written once, by a select
-// the compiler vectorizes whole rows of (memcpy and fill per row cost 35% more on rows of 32).
+// Rows [r0, r1) of channels [c0, c1) of the padded input: each row's zeros, then its copy of the input in
+// whole vectors where they fit (an element-wise select ran at a float a cycle on rows of 34: padding took
+// as long as a 16-channel Winograd layer's GEMMs).
 inline void pad_rows(const Padding& p, const float* __restrict x, float* __restrict buf, int64_t c0, int64_t c1,
                      int64_t r0, int64_t r1) {
+  const int64_t n = std::max<int64_t>(0, std::min(p.w, p.pitch - p.pl));  // the input's columns a row holds
   for (int64_t c = c0; c < c1; ++c)
     for (int64_t r = r0; r < r1; ++r) {
       float* __restrict row = buf + (c * p.hp + r) * p.pitch;
       const int64_t src = r - p.pt;
       if (src < 0 || src >= p.h) {
-        for (int64_t j = 0; j < p.pitch; ++j) row[j] = 0.f;
+        std::fill(row, row + p.pitch, 0.f);
         continue;
       }
       const float* __restrict xr = x + (c * p.h + src) * p.w;
-      for (int64_t j = 0; j < p.pitch; ++j) row[j] = j >= p.pl && j - p.pl < p.w ? xr[j - p.pl] : 0.f;
+      for (int64_t j = 0; j < p.pl; ++j) row[j] = 0.f;
+      float* __restrict out = row + p.pl;
+      int64_t j = 0;
+      for (; j + 16 <= n; j += 16) cpu::store(out + j, cpu::load(xr + j));
+      for (; j + 8 <= n; j += 8) cpu::store(out + j, cpu::load<cpu::v8>(xr + j));
+      for (; j < n; ++j) out[j] = xr[j];
+      for (j = p.pl + n; j < p.pitch; ++j) row[j] = 0.f;
     }
 }
 
@@ -152,11 +161,31 @@ size_t lanes_rows_buffer(const Geom& g);
 void lanes_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
                 float* buf);
 
+// Strided 1x1 convolutions without padding (conv_pointwise.cpp): float32, 2-D, one group; the forward, and
+// by output rows as the direct kernel's (any rows [r0, r1)).
+bool pointwise_applies(const Geom& g);
+size_t pointwise_workspace(const Geom& g);
+void pointwise_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
+                       float* ws, size_t ws_bytes);
+cpu::Derived pointwise_packed(const Geom& g, const float* w, uint64_t w_stamp);
+size_t pointwise_rows_buffer(const Geom& g);
+void pointwise_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0,
+                    int64_t r1, float* buf);
+
 // Winograd F(2x2, 3x3) (conv_winograd.cpp): float32, 2-D, 3x3, stride 1, one group; the forward.
 bool winograd_applies(const Geom& g);
 size_t winograd_workspace(const Geom& g);
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                       float* ws, size_t ws_bytes);
+// By output rows, as the direct kernel's, for the layers (of g's batch) where a row-tiled group takes them:
+// the transformed weights of a variable (cached), the output rows computed together, the floats of the
+// buffer a call works in, and output rows [r0, r1) of one sample on this thread.
+bool winograd_rows_apply(const Geom& g);
+cpu::Derived winograd_packed(const Geom& g, const float* w, uint64_t w_stamp);
+int64_t winograd_row_unit(const Geom& g);
+size_t winograd_rows_buffer(const Geom& g);
+void winograd_rows(const Geom& g, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0,
+                   int64_t r1, float* buf);
 // The input gradient (and a transposed convolution's forward) of the convolutions g for which Winograd
 // applies to that gradient's own convolution.
 bool winograd_input_grad_applies(const Geom& g);

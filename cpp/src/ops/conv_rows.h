@@ -16,8 +16,8 @@ namespace kiln::conv {
 class RowConv {
  public:
   // Null where a "conv" node of these concrete input specs cannot run by rows: it must be float32,
-  // 2-D, taken by the direct or the filter-lane kernel, with any fused residual shaped as its output.
-  // A call computes rows of one sample.
+  // 2-D, taken by the direct, the filter-lane, the strided 1x1 or Winograd's kernel,
+  // with any fused residual shaped as its output. A call computes rows of one sample.
   static std::unique_ptr<RowConv> make(const std::vector<TensorSpec>& inputs, const Attrs& attrs);
 
   int64_t out_rows() const { return g_.out[1]; }
@@ -35,10 +35,12 @@ class RowConv {
   void run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const;
 
  private:
-  RowConv(const Geom& g, const Attrs& attrs, size_t n_in);
+  enum class Kernel { direct, lanes, pointwise, winograd };
+  RowConv(const Geom& g, const Attrs& attrs, size_t n_in, Kernel kernel);
   Geom g_;
   ConvInputs at_;
-  bool lanes_, relu_;
+  Kernel kernel_;
+  bool relu_;
   double eps_ = 0;
   int64_t unit_ = 1;
   size_t buffer_ = 0;

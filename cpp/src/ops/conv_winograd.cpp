@@ -7,12 +7,15 @@
 // XNNPACK's 3x3 convolutions. The transforms only add and subtract (and halve, for the weights), so
 // the error stays within a few times the direct sum's.
 //
-// The threads split the tiles, each taking its tiles in chunks of up to 48 through the three phases in
-// turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. Where that would read a large U
-// once a chunk (one sample, many channels), they split the filters instead: each thread transforms the
-// whole sample and reads its filters' part of U once. Tile t of a sample is (t / tw, t % tw); the
-// transforms take a row of tiles 16 at a time (its 4 input rows read as even and odd columns), the
-// GEMMs a chunk's tiles as one row of slots, 16 to a vector, in blocks of 8 filters x 48 slots.
+// The threads split the batch's tiles, each taking its share in chunks of up to 48 through the three
+// phases in turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. A chunk may take the end of
+// one sample and the start of the next (8x8 outputs: 16 tiles a sample, 3 samples a chunk). Where one
+// sample would read a large U once a chunk, or has fewer vectors of tiles than there are threads, they
+// split the filters instead: each thread transforms the whole sample and reads its filters' part of U
+// once. The transforms take the tiles 16 at a time, in one row of tiles, or where rows have 8 tiles or
+// fewer, in 2 or 4 rows (a row's tiles at lanes 8 or 4 apart), its 4 input rows read as even and odd
+// columns; the GEMMs take a chunk's tiles as one row of slots, 16 to a vector, in blocks of 8 filters x
+// 48 slots.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -59,8 +62,13 @@ struct Wino {
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
   int64_t tw() const { return (ow + 1) / 2; }
   int64_t tiles() const { return th() * tw(); }
-  int64_t vectors() const { return (tiles() + kLanes - 1) / kLanes; }  // a sample's, in the GEMMs
-  int64_t hp() const { return 2 * th() + 2; }                          // the padded input's rows and pitch
+  // A row of tiles' lanes: rows of up to 8 (or 4) tiles share a vector, 2 (or 4) to it, so that a 16x16
+  // (or 8x8) output fills the lanes; wider rows take runs of up to 16. Tile (i, j) is the sample's
+  // virtual tile i vw + j; those with j >= tw are computed and dropped.
+  int64_t vw() const { return tw() > 8 ? tw() : tw() > 4 ? 8 : 4; }
+  int64_t vtiles() const { return th() * vw(); }
+  int64_t vectors() const { return (vtiles() + kLanes - 1) / kLanes; }  // a sample's, in the GEMMs
+  int64_t hp() const { return 2 * th() + 2; }                           // the padded input's rows and pitch
   int64_t wp() const { return 2 * tw() + 2; }
   int64_t plane() const { return hp() * wp(); }
   Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
@@ -74,11 +82,13 @@ struct Wino {
   int64_t part_elems() const { return pad_elems() + v_elems() + m_elems(); }
 };
 
-Wino wino_of(const Geom& g) {
-  Wino d{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2], false, kMaxVectors * kLanes};
+// threads: those the layer runs on (a sample of a row-tiled group runs on one).
+Wino wino_of(const Geom& g, int64_t threads = cpu::num_threads()) {
+  Wino d{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2], false, 0};
+  d.S = std::min(kMaxVectors, g.n * d.vectors()) * kLanes;  // no wider than a chunk gets: V and M stay in L2
   d.m_filters = d.k8();
-  const int64_t threads = cpu::num_threads(), blocks = d.k8() / kFilters;
-  if (g.n == 1 && threads > 1 && d.packed() > kSplitPacked) {
+  const int64_t blocks = d.k8() / kFilters;
+  if (g.n == 1 && threads > 1 && (d.packed() > kSplitPacked || d.vectors() < threads)) {
     Wino f = d;
     f.by_filters = true;
     f.S = d.vectors() * kLanes;
@@ -136,32 +146,59 @@ inline v16 odds(const v16& a, const v16& b) {
   return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-// A run of tiles in one row of tiles: m tiles from (ti, tj), at slot s of the chunk.
+// A run of up to 16 tiles at slot s of the chunk: m virtual tiles from (ti, tj), in one row of tiles, or
+// where rows share a vector in up to 16 / vw rows from (ti, 0).
 struct Run {
   int64_t ti, tj, m, s;
 };
 
-// Calls fn(run) for the tiles [t0, t1) of a sample, row of tiles by row, at most 16 a run.
+// Calls fn(run) for the virtual tiles [t0, t1) of a sample (vector-aligned where rows share vectors), at
+// slots from s0 on.
 template <class F>
-void for_runs(const Wino& d, int64_t t0, int64_t t1, F&& fn) {
+void for_runs(const Wino& d, int64_t t0, int64_t t1, int64_t s0, F&& fn) {
+  const int64_t vw = d.vw();
   for (int64_t t = t0; t < t1;) {
-    const int64_t ti = t / d.tw(), tj = t % d.tw(), m = std::min({kLanes, d.tw() - tj, t1 - t});
-    fn(Run{ti, tj, m, t - t0});
+    const int64_t ti = t / vw, tj = t % vw;
+    const int64_t m = vw <= 8 ? std::min(kLanes, t1 - t) : std::min({kLanes, vw - tj, t1 - t});
+    fn(Run{ti, tj, m, s0 + t - t0});
     t += m;
   }
 }
 
-// V[c][xi][slot] of the chunk's tiles [t0, t1), from the padded sample: V = B^T d B, with
-// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots past the tiles up to `slots` are zeroed.
-void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t slots, float* V) {
+inline v16 cat(const v8& a, const v8& b) {
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// Columns 2j + off and 2j + off + 1 of input row p of each tile j of a run, as the vectors (a, b) whose
+// even and odd lanes they are: G rows of tiles a vector (1, 2 or 4), row g's row at q[g].
+template <int G>
+inline void columns(const float* const q[4], int64_t off, v16& a, v16& b) {
+  if constexpr (G == 1) {
+    a = load(q[0] + off), b = load(q[0] + off + kLanes);
+  } else if constexpr (G == 2) {
+    a = load(q[0] + off), b = load(q[1] + off);
+  } else {
+    a = cat(load<v8>(q[0] + off), load<v8>(q[1] + off)), b = cat(load<v8>(q[2] + off), load<v8>(q[3] + off));
+  }
+}
+
+// V[c][xi][slot] of a sample's virtual tiles [t0, t1) at slots [s0, s0 + t1 - t0), from the padded sample:
+// V = B^T d B, with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots from there to s_end are zeroed.
+template <int G>
+void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t s0, int64_t s_end, float* V) {
   const int64_t wp = d.wp(), S = d.S;
   for (int64_t c = 0; c < d.c; ++c) {
     const float* xc = pad + c * d.plane();
-    for_runs(d, t0, t1, [&](const Run& r) {
+    for_runs(d, t0, t1, s0, [&](const Run& r) {
+      const int64_t rows = G == 1 ? 1 : std::min<int64_t>(G, d.th() - r.ti);  // rows past the last read the first
       v16 R[4][4];  // the 4 rows, each transformed along its columns: d B
       for (int i = 0; i < 4; ++i) {
         const float* p = xc + (2 * r.ti + i) * wp + 2 * r.tj;
-        const v16 a = load(p), b = load(p + kLanes), a2 = load(p + 2), b2 = load(p + 2 + kLanes);
+        const float* q[4] = {p, p, p, p};
+        for (int g = 1; g < rows; ++g) q[g] = p + 2 * g * wp;
+        v16 a, b, a2, b2;
+        columns<G>(q, 0, a, b);
+        columns<G>(q, 2, a2, b2);
         const v16 x0 = evens(a, b), x1 = odds(a, b), x2 = evens(a2, b2), x3 = odds(a2, b2);
         R[i][0] = x0 - x2, R[i][1] = x1 + x2, R[i][2] = x2 - x1, R[i][3] = x1 - x3;
       }
@@ -174,44 +211,53 @@ void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, in
       }
     });
   }
-  if (t1 - t0 < slots)  // the GEMMs' lanes past the tiles: finite, their products dropped
-    for (int64_t row = 0; row < kXi * d.c; ++row) std::fill(V + row * S + (t1 - t0), V + row * S + slots, 0.f);
+  const int64_t s1 = s0 + t1 - t0;
+  if (s1 < s_end)  // the GEMMs' lanes past the tiles: finite, their products dropped
+    for (int64_t row = 0; row < kXi * d.c; ++row) std::fill(V + row * S + s1, V + row * S + s_end, 0.f);
 }
 
-// m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 filters r and NV vectors of slots; v's and m's rows
-// are a tile's 16 values apart.
-template <int NV>
+// m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 B filters r (B blocks of 8, C x 8 values apart in
+// u) and NV vectors of slots; v's and m's rows are a tile's 16 values apart.
+template <int B, int NV>
 void gemm_block(const float* u, const float* v, int64_t C, int64_t S, float* m) {
-  v16 acc[kFilters][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < kFilters; ++r)
+  constexpr int F = B * kFilters;
+  v16 acc[F][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < F; ++r)
     for (int j = 0; j < NV; ++j) acc[r][j] = splat(0.f);
   for (int64_t c = 0; c < C; ++c) {
     v16 x[NV];
     for (int j = 0; j < NV; ++j) x[j] = load(v + c * kXi * S + j * kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < kFilters; ++r) {
-      const v16 s = splat(u[c * kFilters + r]);
+#pragma GCC unroll 16
+    for (int r = 0; r < F; ++r) {
+      const v16 s = splat(u[(r / kFilters) * C * kFilters + c * kFilters + r % kFilters]);
       for (int j = 0; j < NV; ++j) acc[r][j] += s * x[j];
     }
   }
-  for (int r = 0; r < kFilters; ++r)
+  for (int r = 0; r < F; ++r)
     for (int j = 0; j < NV; ++j) store(m + r * kXi * S + j * kLanes, acc[r][j]);
 }
 
 // M[k][xi][slot] = sum over c of U[xi][k][c] V[c][xi][slot], for filter blocks [b0, b1) and the chunk's
-// nv vectors of slots (M's rows from filter 8 b0 on).
+// nv vectors of slots (M's rows from filter 8 b0 on). One vector takes 16 filters at a time: with 8, its
+// 8 accumulators left the FMA units idle for their latency (ResNet-8's 8x8 layer ran at 58% of peak).
 void multiply(const Wino& d, const float* U, const float* V, int64_t b0, int64_t b1, int64_t nv, float* M) {
   const int64_t C = d.c, S = d.S, blocks = d.k8() / kFilters;
   for (int64_t xi = 0; xi < kXi; ++xi)
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = b0; b < b1;) {
       const float* u = U + (xi * blocks + b) * C * kFilters;  // 8 filters' C values: in L1 across the vectors
       float* m = M + ((b - b0) * kFilters * kXi + xi) * S;
+      if (nv == 1 && b + 2 <= b1) {
+        gemm_block<2, 1>(u, V + xi * S, C, S, m);
+        b += 2;
+        continue;
+      }
       const int64_t groups = (nv + kMaxVectors - 1) / kMaxVectors;  // as even as they come (4: 2 and 2)
       for (int64_t i = 0; i < groups; ++i) {
         const int64_t j = nv * i / groups, n = nv * (i + 1) / groups - j, at = j * kLanes;
-        (n == 3 ? gemm_block<3> : n == 2 ? gemm_block<2> : gemm_block<1>)(u, V + xi * S + at, C, S, m + at);
+        (n == 3 ? gemm_block<1, 3> : n == 2 ? gemm_block<1, 2> : gemm_block<1, 1>)(u, V + xi * S + at, C, S, m + at);
       }
+      ++b;
     }
 }
 
@@ -241,34 +287,46 @@ inline void store_row(float* y, const float* res, v16 lo, v16 hi, int64_t cols, 
   if (n_hi > 0) n_hi == kLanes ? store(y + kLanes, hi) : store_part(y + kLanes, hi, n_hi);
 }
 
-// The chunk's outputs of filters [k0, k1) from M (its rows from k0 on): Y = A^T M A with
-// A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and e are the sample's.
-void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int64_t t0, int64_t t1, const Epilogue& e,
-                      float* y) {
+// The outputs of filters [k0, k1) of a sample's virtual tiles [t0, t1) from M (its rows from k0 on, the
+// tiles at slots from s0 on): Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and e are
+// the sample's.
+template <int G>
+void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int64_t t0, int64_t t1, int64_t s0,
+                      const Epilogue& e, float* y) {
   const int64_t P = d.oh * d.ow, S = d.S;
   for (int64_t k = k0; k < k1; ++k) {
     const float* mk = M + (k - k0) * kXi * S;
     const float scale = e.scale ? e.scale[k] : 1.f, bias = e.bias ? e.bias[k] : 0.f;
-    for_runs(d, t0, t1, [&](const Run& r) {
+    for_runs(d, t0, t1, s0, [&](const Run& r) {
       v16 s[4], t[4];  // A^T M: the sums and differences of M's rows
       for (int j = 0; j < 4; ++j) {
         const v16 m0 = load(mk + (0 * 4 + j) * S + r.s), m1 = load(mk + (1 * 4 + j) * S + r.s),
                   m2 = load(mk + (2 * 4 + j) * S + r.s), m3 = load(mk + (3 * 4 + j) * S + r.s);
         s[j] = m0 + m1 + m2, t[j] = m1 - m2 - m3;
       }
-      const v16 y00 = (s[0] + s[1] + s[2]) * scale + bias, y01 = (s[1] - s[2] - s[3]) * scale + bias;
-      const v16 y10 = (t[0] + t[1] + t[2]) * scale + bias, y11 = (t[1] - t[2] - t[3]) * scale + bias;
-      const int64_t row = 2 * r.ti, col = 2 * r.tj, cols = std::min(2 * r.m, d.ow - col);
-      const int64_t at = k * P + row * d.ow + col;
-      const float* res = e.residual ? e.residual + at : nullptr;
-      store_row(y + at, res, __builtin_shufflevector(y00, y01, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-                __builtin_shufflevector(y00, y01, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), cols,
-                e.relu);
-      if (row + 1 < d.oh)
-        store_row(y + at + d.ow, res ? res + d.ow : nullptr,
-                  __builtin_shufflevector(y10, y11, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-                  __builtin_shufflevector(y10, y11, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), cols,
-                  e.relu);
+      const v16 y0[2] = {(s[0] + s[1] + s[2]) * scale + bias, (t[0] + t[1] + t[2]) * scale + bias};  // columns 2j
+      const v16 y1[2] = {(s[1] - s[2] - s[3]) * scale + bias, (t[1] - t[2] - t[3]) * scale + bias};  // 2j + 1
+      for (int dr = 0; dr < 2; ++dr) {  // the tiles' two output rows, each tile's two columns side by side
+        const v16 lo = __builtin_shufflevector(y0[dr], y1[dr], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                  hi = __builtin_shufflevector(y0[dr], y1[dr], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15,
+                                               31);
+        if constexpr (G == 1) {
+          const int64_t row = 2 * r.ti + dr, col = 2 * r.tj, at = k * P + row * d.ow + col;
+          if (row < d.oh)
+            store_row(y + at, e.residual ? e.residual + at : nullptr, lo, hi, std::min(2 * r.m, d.ow - col), e.relu);
+        } else {
+          // row g of tiles: lanes 16 g / G on of (lo, hi), 32 / G of them
+          const v16 part[4] = {
+              lo, G == 2 ? hi : __builtin_shufflevector(lo, lo, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7),
+              hi, __builtin_shufflevector(hi, hi, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)};
+          const int64_t cols = std::min<int64_t>(32 / G, d.ow),
+                        rows = std::min<int64_t>(G, (r.m + d.vw() - 1) / d.vw());
+          for (int64_t g = 0; g < rows; ++g) {
+            const int64_t row = 2 * (r.ti + g) + dr, at = k * P + row * d.ow;
+            if (row < d.oh) store_row(y + at, e.residual ? e.residual + at : nullptr, part[g], part[g], cols, e.relu);
+          }
+        }
+      }
     });
   }
 }
@@ -276,20 +334,55 @@ void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int
 // The cache's key for U beside the geometry of the weights.
 cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, -kFilters}; }
 
-// Tiles [t_begin, t_end) of one sample (x, e and y the sample's) on this thread, by tiles: the input rows
-// they read padded into `pad`, then chunks of at most 3 vectors, as even as they come (7: 3, 2, 2).
-void run_tiles(const Wino& d, const float* x, const float* U, const Epilogue& e, float* y, int64_t t_begin,
-               int64_t t_end, float* pad) {
+// The phases over vectors of virtual tiles, with the transforms for G rows of tiles a vector.
+struct Phases {
+  void (*input)(const Wino&, const float*, int64_t, int64_t, int64_t, int64_t, float*);
+  void (*output)(const Wino&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const Epilogue&, float*);
+};
+Phases phases_of(const Wino& d) {
+  const int64_t g = kLanes / std::min(kLanes, d.vw());
+  if (g == 4) return {transform_input<4>, transform_output<4>};
+  if (g == 2) return {transform_input<2>, transform_output<2>};
+  return {transform_input<1>, transform_output<1>};
+}
+
+// Slots [T_begin, T_end) of the batch on this thread: sample n's virtual tile t is slot n spt + t, a sample
+// taking spt = vectors() x 16 slots. In chunks of at most 3 vectors, as even as they come (7: 3, 2, 2); a
+// chunk may take the end of one sample and the start of the next. `pad` holds one padded sample: a
+// sample's rows are padded as its chunks first need them. A range inside one sample (a band of rows of
+// a row-tiled group) starts at a row of tiles.
+void run_slots(const Wino& d, const float* x, const float* U, const Epilogue& e, float* y, int64_t T_begin,
+               int64_t T_end, float* pad) {
   float* V = pad + d.pad_elems();
   float* M = V + d.v_elems();
-  pad_rows(d.padding(), x, pad, 0, d.c, 2 * (t_begin / d.tw()), 2 * ((t_end - 1) / d.tw()) + 4);
-  const int64_t vectors = (t_end - t_begin + kLanes - 1) / kLanes, chunks = (vectors + kMaxVectors - 1) / kMaxVectors;
+  const Phases ph = phases_of(d);
+  const int64_t spt = d.vectors() * kLanes, vw = d.vw(), x_sample = d.c * d.h * d.w, y_sample = d.k * d.oh * d.ow;
+  int64_t padded = -1, padded_to = 0;  // the sample in `pad` and the end of its rows padded so far
+  // Calls fn(sample, t0, t1, s0, s_end) for each sample's virtual tiles [t0, t1) of the chunk [A, B), at its
+  // slots [s0, s_end) (to a whole vector at the chunk's end).
+  auto segments = [&](int64_t A, int64_t B, auto&& fn) {
+    for (int64_t at = A; at < B;) {
+      const int64_t n = at / spt, end = std::min(B, (n + 1) * spt), t0 = at - n * spt;
+      const int64_t s_end = end == B ? (B - A + kLanes - 1) / kLanes * kLanes : end - A;
+      fn(n, t0, std::min(d.vtiles(), end - n * spt), at - A, s_end);
+      at = end;
+    }
+  };
+  const int64_t vectors = (T_end - T_begin + kLanes - 1) / kLanes, chunks = (vectors + kMaxVectors - 1) / kMaxVectors;
   for (int64_t i = 0; i < chunks; ++i) {
-    const int64_t v0 = vectors * i / chunks, v1 = vectors * (i + 1) / chunks;
-    const int64_t t0 = t_begin + v0 * kLanes, t1 = std::min(t_end, t_begin + v1 * kLanes);
-    transform_input(d, pad, t0, t1, (v1 - v0) * kLanes, V);
-    multiply(d, U, V, 0, d.k8() / kFilters, v1 - v0, M);
-    transform_output(d, M, 0, d.k, t0, t1, e, y);
+    const int64_t A = T_begin + vectors * i / chunks * kLanes,
+                  B = std::min(T_end, T_begin + vectors * (i + 1) / chunks * kLanes);
+    segments(A, B, [&](int64_t n, int64_t t0, int64_t t1, int64_t s0, int64_t s_end) {
+      const int64_t r0 = 2 * (t0 / vw), r1 = 2 * ((t1 - 1) / vw) + 4;
+      if (n != padded) padded = n, padded_to = r0;
+      if (r1 > padded_to) pad_rows(d.padding(), x + n * x_sample, pad, 0, d.c, std::max(r0, padded_to), r1);
+      padded_to = std::max(padded_to, r1);
+      ph.input(d, pad, t0, t1, s0, s_end, V);
+    });
+    multiply(d, U, V, 0, d.k8() / kFilters, (B - A + kLanes - 1) / kLanes, M);
+    segments(A, B, [&](int64_t n, int64_t t0, int64_t t1, int64_t s0, int64_t) {
+      ph.output(d, M, 0, d.k, t0, t1, s0, at_sample(e, n * y_sample), y + n * y_sample);
+    });
   }
 }
 
@@ -304,13 +397,14 @@ bool winograd_applies(const Geom& g) {
     const char* v = std::getenv("KILN_WINOGRAD");
     return v && std::string(v) == "0";
   }();
-  // Measured against the direct kernels on ResNet-18's and ResNet-8's layers: Winograd takes 0.6x their
-  // time from 32 channels and 32 tiles (12x12 outputs) on; a sample of 16 tiles (8x8, 7x7) fills one
-  // vector of the GEMMs, and 16 channels leave the transforms too large a share: both ran slower. In a
-  // tiled group (runtime/row_tiles.cpp) the direct kernels stay: by rows, Winograd ran chains of 32 to
-  // 64 channels at 0.9 - 1.25x their time.
+  // Measured against the direct kernels on ResNet-18's and ResNet-8's layers: Winograd takes 0.6 - 0.7x
+  // their time from 32 channels and 16 tiles (8x8 outputs, rows of tiles 4 to a vector) on. 16 channels
+  // leave the transforms a larger share: 0.92 - 0.95x at 32x32 outputs (ResNet-8's first stage, 256
+  // tiles), 1.1x at 16x16.
   const Wino d = wino_of(g);
-  return !off && g.c >= 32 && g.k >= 32 && d.tiles() >= 32 && d.packed() <= kMaxPacked;
+  const int64_t channels = std::min(g.c, g.k);
+  return !off && (channels >= 32 || (channels >= 16 && d.tiles() >= 128)) && d.tiles() >= 16 &&
+         d.packed() <= kMaxPacked;
 }
 
 size_t winograd_workspace(const Geom& g) {
@@ -324,6 +418,7 @@ void run(const Wino& d, const float* x, const float* U, const Epilogue& epilogue
          size_t ws_bytes) {
   const int64_t slots = static_cast<int64_t>(ws_bytes / sizeof(float) - d.packed()) / d.part_elems();
   float* parts_ws = ws + d.packed();
+  const Phases ph = phases_of(d);
   if (d.by_filters) {
     // Each thread pads and transforms the whole sample into its own V, then takes its filter blocks. V
     // made once and shared, half of it came from the other core's cache: ResNet-18's 28x28 layer took
@@ -335,24 +430,18 @@ void run(const Wino& d, const float* x, const float* U, const Epilogue& epilogue
       float* V = pad + d.pad_elems();
       float* M = V + d.v_elems();
       pad_rows(d.padding(), x, pad, 0, d.c, 0, d.hp());
-      transform_input(d, pad, 0, d.tiles(), d.S, V);
+      ph.input(d, pad, 0, d.vtiles(), 0, d.S, V);
       const int64_t b0 = blocks * part / parts, b1 = blocks * (part + 1) / parts;
       multiply(d, U, V, b0, b1, d.vectors(), M);
-      transform_output(d, M, b0 * kFilters, std::min(d.k, b1 * kFilters), 0, d.tiles(), epilogue, y);
+      ph.output(d, M, b0 * kFilters, std::min(d.k, b1 * kFilters), 0, d.vtiles(), 0, epilogue, y);
     });
     return;
   }
   // The parts split the batch's vectors of tiles evenly (at batch 1, the rows of tiles of a sample).
-  const int64_t vps = d.vectors(), total = d.n * vps;
-  const int64_t parts = std::min({slots, int64_t(cpu::num_threads()), total});
+  const int64_t total = d.n * d.vectors(), parts = std::min({slots, int64_t(cpu::num_threads()), total});
   run_parts(parts, [&](int64_t part) {
-    const int64_t v0 = total * part / parts, v1 = total * (part + 1) / parts;
-    for (int64_t gv = v0; gv < v1;) {
-      const int64_t n = gv / vps, first = gv % vps, last = std::min(v1 - n * vps, vps);  // this sample's vectors
-      run_tiles(d, x + n * d.c * d.h * d.w, U, at_sample(epilogue, n * d.k * d.oh * d.ow), y + n * d.k * d.oh * d.ow,
-                first * kLanes, std::min(d.tiles(), last * kLanes), parts_ws + part * d.part_elems());
-      gv = n * vps + last;
-    }
+    run_slots(d, x, U, epilogue, y, total * part / parts * kLanes, total * (part + 1) / parts * kLanes,
+              parts_ws + part * d.part_elems());
   });
 }
 
@@ -365,6 +454,33 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
   const float* U = cpu::packed_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()), ws, cached,
                                        [&](float* out) { pack(d, w, out); });
   run(d, x, U, epilogue, y, ws, ws_bytes);
+}
+
+cpu::Derived winograd_packed(const Geom& g, const float* w, uint64_t w_stamp) {
+  const Wino d = wino_of(g, 1);
+  return cpu::derived_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()),
+                              [&](float* out) { pack(d, w, out); });
+}
+
+bool winograd_rows_apply(const Geom& g) {
+  // At batch 1 a band's rows of tiles should fill whole vectors: 8x8 outputs (4 rows of tiles a vector) in
+  // two bands would leave each half of one empty, and the direct kernels take them.
+  return winograd_applies(g) && (g.n > 1 || wino_of(g).vw() >= 8);
+}
+
+int64_t winograd_row_unit(const Geom& g) {
+  const Wino d = wino_of(g, 1);
+  return 2 * std::max<int64_t>(1, kLanes / d.vw());  // rows of tiles that fill a vector
+}
+
+size_t winograd_rows_buffer(const Geom& g) { return static_cast<size_t>(wino_of(g, 1).part_elems()); }
+
+void winograd_rows(const Geom& g, const float* x, const float* U, const Epilogue& e, float* y, int64_t r0, int64_t r1,
+                   float* buf) {
+  Geom one = g;
+  one.n = 1;
+  const Wino d = wino_of(one, 1);
+  run_slots(d, x, U, e, y, r0 / 2 * d.vw(), std::min(d.vtiles(), (r1 + 1) / 2 * d.vw()), buf);
 }
 
 // The input gradient of a 3x3 stride-1 convolution is one too: of gy, by the filters turned 180 degrees
