@@ -1,11 +1,12 @@
 """Winograd F(2x2, 3x3) convolutions (conv_winograd.cpp): float32 3x3 stride-1 layers of 32 channels
-or more and at least 32 tiles of 2x2 outputs, against numpy in float64. The cases cover odd heights
-and widths (tiles half outside the output), rows of more than 16 tiles (two runs a row), chunks that
-end in a part-empty vector, filters past a multiple of 8, no padding and wide padding, one sample
-split over the threads mid-row or (its transformed weights over 512 KB) by filters, batches split
-mid-sample, the fused epilogue (a folded batch norm,
-a residual, the ReLU), the transformed weights renewed after an assign, and a training function (the
-weights transformed on each call)."""
+or more (16 from 128 tiles on) and at least 16 tiles of 2x2 outputs, against numpy in float64. The
+cases cover odd heights and widths (tiles half outside the output), rows of more than 16 tiles (two runs
+a row), rows of 8 tiles or fewer sharing a vector (2 or 4 rows of tiles, the last vector's rows
+missing), chunks that end in a part-empty vector or take several samples, filters past a multiple of 8,
+no padding and wide padding, one sample split over the threads mid-row or by filters (its transformed
+weights over 512 KB, or fewer vectors of tiles than threads), batches split mid-sample, the fused
+epilogue (a folded batch norm, a residual, the ReLU), the transformed weights renewed after an assign,
+and a training function (the weights transformed on each call)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ CASES = {
     "7x7, the last column of tiles half outside": ((3, 64, 7, 7), 32, 1),
     "11x7, a vector's last rows of tiles missing": ((3, 32, 11, 7), 48, 1),
     "10x12, rows of 6 tiles in lanes of 8": ((2, 32, 10, 12), 32, 1),
+    "16 channels at 32x32 (256 tiles)": ((2, 16, 32, 32), 16, 1),
     # one sample of fewer vectors than threads: split by filters
     "8x8, one sample": ((1, 64, 8, 8), 64, 1),
 }
