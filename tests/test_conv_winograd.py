@@ -153,8 +153,14 @@ def test_winograd_takes_asymmetric_onnx_padding(tmp_path):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
     "x_shape, k, padding",
-    [((2, 32, 12, 12), 40, 1), ((1, 33, 13, 11), 48, 0), ((3, 32, 10, 14), 32, 2)],
-    ids=["pad 1, 40 filters", "pad 0, odd sizes", "pad 2, three samples"],
+    [
+        ((2, 32, 12, 12), 40, 1),
+        ((1, 33, 13, 11), 48, 0),
+        ((3, 32, 10, 14), 32, 2),
+        ((5, 64, 8, 8), 64, 1),
+        ((1, 16, 32, 32), 16, 1),
+    ],
+    ids=["pad 1, 40 filters", "pad 0, odd sizes", "pad 2, three samples", "8x8, five samples", "16 channels"],
 )
 def test_winograd_input_gradient_matches_numpy(x_shape, k, padding, threads):
     """The input gradient of a 3x3 stride-1 convolution is a convolution of the output gradient by the
