@@ -21,6 +21,19 @@ inline void store(float* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// n floats (up to 16) from p into a vector, the lanes past them 0, and a vector's first n lanes back: a row's
+// end, where whole vectors would reach past the row or the array.
+inline v16 load_part(const float* p, long n) {
+  float t[16] = {};
+  std::memcpy(t, p, n * sizeof(float));
+  return load(t);
+}
+inline void store_part(float* p, const v16& v, long n) {
+  float t[16];
+  store(t, v);
+  std::memcpy(p, t, n * sizeof(float));
+}
+
 // All lanes s (`v16{} + s` would add a zero the compiler may not drop, for -0's sake).
 inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 

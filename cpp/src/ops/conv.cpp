@@ -548,6 +548,19 @@ std::vector<int64_t> bias_axes(int rank) {
 
 // ---- by output rows (ops/conv_rows.h) ----
 
+namespace {
+int64_t one_row(const Geom&) { return 1; }
+}  // namespace
+
+// The kernels that run by rows, each by its packed weights, rows a call computes together, buffer and rows.
+const conv::RowConv::RowKernel conv::RowConv::kDirectRows{direct_packed, direct_row_unit, direct_rows_buffer,
+                                                          direct_rows};
+const conv::RowConv::RowKernel conv::RowConv::kLanesRows{lanes_packed, one_row, lanes_rows_buffer, lanes_rows};
+const conv::RowConv::RowKernel conv::RowConv::kPointwiseRows{pointwise_packed, one_row, pointwise_rows_buffer,
+                                                             pointwise_rows};
+const conv::RowConv::RowKernel conv::RowConv::kWinogradRows{winograd_packed, winograd_row_unit, winograd_rows_buffer,
+                                                            winograd_rows};
+
 std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, const Attrs& attrs) {
   for (const TensorSpec& s : in)
     if (s.dtype != DType::float32) return nullptr;
@@ -565,20 +578,17 @@ std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, 
   if (at.residual >= 0 && in[at.residual].shape != Shape{in[0].shape[0], g.k, g.out[1], g.out[2]}) return nullptr;
   Geom batch = g;
   batch.n = in[0].shape[0];
-  const Kernel kernel = winograd_rows_apply(batch) ? Kernel::winograd
-                        : pointwise_applies(g)     ? Kernel::pointwise
-                        : lanes_applies(g)         ? Kernel::lanes
-                                                   : Kernel::direct;
+  const RowKernel& kernel = winograd_rows_apply(batch) ? kWinogradRows
+                            : pointwise_applies(g)     ? kPointwiseRows
+                            : lanes_applies(g)         ? kLanesRows
+                                                       : kDirectRows;
   return std::unique_ptr<RowConv>(new RowConv(g, attrs, in.size(), kernel));
 }
 
-conv::RowConv::RowConv(const Geom& g, const Attrs& attrs, size_t n_in, Kernel kernel)
+conv::RowConv::RowConv(const Geom& g, const Attrs& attrs, size_t n_in, const RowKernel& kernel)
     : g_(g), at_(n_in, attrs), kernel_(kernel), relu_(attrs.i("relu", 0) != 0) {
-  unit_ = kernel == Kernel::winograd ? winograd_row_unit(g) : kernel == Kernel::direct ? direct_row_unit(g) : 1;
-  buffer_ = kernel == Kernel::winograd    ? winograd_rows_buffer(g)
-            : kernel == Kernel::pointwise ? pointwise_rows_buffer(g)
-            : kernel == Kernel::lanes     ? lanes_rows_buffer(g)
-                                          : direct_rows_buffer(g);
+  unit_ = kernel.unit(g);
+  buffer_ = kernel.buffer(g);
   if (at_.bn >= 0) {
     affine_.resize(2 * g.k);
     eps_ = attrs.f("bn_eps");
@@ -594,12 +604,7 @@ std::pair<int64_t, int64_t> conv::RowConv::rows_read(int64_t r0, int64_t r1) con
 void conv::RowConv::prepare(const std::vector<const Tensor*>& in) {
   const Tensor& w = *in[1];
   if (!w.storage()->tracked()) throw Error("internal: a row-tiled conv's weights are not a variable's");
-  const float* wv = w.data<float>();
-  const uint64_t stamp = w.storage()->stamp();
-  packed_ = kernel_ == Kernel::winograd    ? winograd_packed(g_, wv, stamp)
-            : kernel_ == Kernel::pointwise ? pointwise_packed(g_, wv, stamp)
-            : kernel_ == Kernel::lanes     ? lanes_packed(g_, wv, stamp)
-                                           : direct_packed(g_, wv, stamp);
+  packed_ = kernel_.packed(g_, w.data<float>(), w.storage()->stamp());
   bias_ = at_.bias >= 0 ? in[at_.bias]->data<float>() : nullptr;
   if (at_.bn >= 0) fold_batch_norm(in.data() + at_.bn, bias_, eps_, g_.k, affine_.data(), affine_.data() + g_.k);
 }
@@ -607,10 +612,7 @@ void conv::RowConv::prepare(const std::vector<const Tensor*>& in) {
 void conv::RowConv::run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const {
   const bool bn = at_.bn >= 0;
   const Epilogue e{bn ? affine_.data() + g_.k : bias_, bn ? affine_.data() : nullptr, residual, relu_, 0};
-  (kernel_ == Kernel::winograd    ? winograd_rows
-   : kernel_ == Kernel::pointwise ? pointwise_rows
-   : kernel_ == Kernel::lanes     ? lanes_rows
-                                  : direct_rows)(g_, x, packed_->data(), e, y, r0, r1, buf);
+  kernel_.rows(g_, x, packed_->data(), e, y, r0, r1, buf);
 }
 
 void register_conv_ops(OpRegistry& r) {

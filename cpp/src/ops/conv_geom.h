@@ -146,6 +146,14 @@ inline Epilogue at_sample(Epilogue e, int64_t offset) {
   return e;
 }
 
+// The first n (up to 16) of a vector of outputs stored at y, the residual at res (unless null) added and
+// the ReLU applied first.
+inline void store_outputs(float* y, const float* res, cpu::v16 v, int64_t n, bool relu) {
+  if (res) v += n == 16 ? cpu::load(res) : cpu::load_part(res, n);
+  if (relu) v = v > 0 ? v : 0;
+  n == 16 ? cpu::store(y, v) : cpu::store_part(y, v, n);
+}
+
 // Direct convolution (conv_direct.cpp): float32, 1-D and 2-D, stride 1, all three passes.
 bool direct_applies(const Geom& g, Pass pass);
 size_t direct_workspace(const Geom& g, Pass pass);

@@ -6,7 +6,6 @@
 // ORT's time: a block of 16 multiply-adds a channel stored 32 filters x 8 pixels transposed, which
 // cost as much as the products.
 #include <algorithm>
-#include <cstring>
 
 #include "cpu/vec.h"
 #include "cpu/weight_cache.h"
@@ -93,19 +92,7 @@ void block(const Pointwise& d, const float* u, const float* xs, int64_t pitch, i
     for (int j = 0; j < NV; ++j) {
       const int64_t at = k * P + p + j * kLanes, m = std::min(kLanes, np - j * kLanes);
       if (m <= 0) break;
-      v16 v = acc[f][j] * scale + bias;
-      float part[kLanes];
-      if (e.residual) {
-        if (m < kLanes) std::memcpy(part, e.residual + at, m * sizeof(float));
-        v += load(m < kLanes ? part : e.residual + at);
-      }
-      if (e.relu) v = v > 0 ? v : 0;
-      if (m == kLanes) {
-        store(y + at, v);
-      } else {
-        store(part, v);
-        std::memcpy(y + at, part, m * sizeof(float));
-      }
+      store_outputs(y + at, e.residual ? e.residual + at : nullptr, acc[f][j] * scale + bias, m, e.relu);
     }
   }
 }

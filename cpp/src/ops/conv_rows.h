@@ -35,11 +35,19 @@ class RowConv {
   void run(const float* x, const float* residual, float* y, int64_t r0, int64_t r1, float* buf) const;
 
  private:
-  enum class Kernel { direct, lanes, pointwise, winograd };
-  RowConv(const Geom& g, const Attrs& attrs, size_t n_in, Kernel kernel);
+  // A kernel's entry points by rows (ops/conv_geom.h).
+  struct RowKernel {
+    cpu::Derived (*packed)(const Geom&, const float* w, uint64_t w_stamp);
+    int64_t (*unit)(const Geom&);
+    size_t (*buffer)(const Geom&);
+    void (*rows)(const Geom&, const float* x, const float* packed, const Epilogue& e, float* y, int64_t r0, int64_t r1,
+                 float* buf);
+  };
+  static const RowKernel kDirectRows, kLanesRows, kPointwiseRows, kWinogradRows;
+  RowConv(const Geom& g, const Attrs& attrs, size_t n_in, const RowKernel& kernel);
   Geom g_;
   ConvInputs at_;
-  Kernel kernel_;
+  const RowKernel& kernel_;
   bool relu_;
   double eps_ = 0;
   int64_t unit_ = 1;

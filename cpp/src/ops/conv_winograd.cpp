@@ -18,7 +18,6 @@
 // 48 slots.
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "cpu/vec.h"
@@ -272,32 +271,6 @@ void multiply(const Wino& d, const float* U, const float* V, int64_t b0, int64_t
     }
 }
 
-// n floats from p into a vector (the lanes past them 0), and back: a row's end, where whole vectors
-// would reach past the row or the array.
-inline v16 load_part(const float* p, int64_t n) {
-  float t[kLanes] = {};
-  std::memcpy(t, p, n * sizeof(float));
-  return load(t);
-}
-inline void store_part(float* p, const v16& v, int64_t n) {
-  float t[kLanes];
-  store(t, v);
-  std::memcpy(p, t, n * sizeof(float));
-}
-
-// `cols` outputs (up to 32) of one output row from lo and hi (its first and last 16), with the
-// residual added and the ReLU applied as the epilogue says.
-inline void store_row(float* y, const float* res, v16 lo, v16 hi, int64_t cols, bool relu) {
-  const int64_t n_lo = std::min(cols, kLanes), n_hi = cols - n_lo;
-  if (res) {
-    lo += n_lo == kLanes ? load(res) : load_part(res, n_lo);
-    if (n_hi > 0) hi += n_hi == kLanes ? load(res + kLanes) : load_part(res + kLanes, n_hi);
-  }
-  if (relu) lo = lo > 0 ? lo : 0, hi = hi > 0 ? hi : 0;
-  n_lo == kLanes ? store(y, lo) : store_part(y, lo, n_lo);
-  if (n_hi > 0) n_hi == kLanes ? store(y + kLanes, hi) : store_part(y + kLanes, hi, n_hi);
-}
-
 // One run's outputs of filters [k0, k1): mk is the run's first slot in M's rows of filter k0, y (and the
 // residual) at the run's first output of filter k0, P apart a filter. G = 1: `cols` outputs of a row;
 // else `rows` rows of tiles, of `cols` outputs each.
@@ -319,7 +292,12 @@ void output_run(const float* mk, int64_t S, int64_t k0, int64_t k1, int64_t P, i
                 hi = __builtin_shufflevector(y0[dr], y1[dr], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15,
                                              31);
       if constexpr (G == 1) {
-        if (dr == 0 || second_row) store_row(y + dr * ow, res ? res + dr * ow : nullptr, lo, hi, cols, e.relu);
+        if (dr == 0 || second_row) {  // `cols` outputs (up to 32): lo's, then hi's
+          const int64_t n_lo = std::min(cols, kLanes);
+          store_outputs(y + dr * ow, res ? res + dr * ow : nullptr, lo, n_lo, e.relu);
+          if (cols > kLanes)
+            store_outputs(y + dr * ow + kLanes, res ? res + dr * ow + kLanes : nullptr, hi, cols - kLanes, e.relu);
+        }
       } else {
         // row g of tiles: lanes 16 g / G on of (lo, hi), 32 / G of them
         const v16 part[4] = {
@@ -328,7 +306,7 @@ void output_run(const float* mk, int64_t S, int64_t k0, int64_t k1, int64_t P, i
         for (int64_t g = 0; g < rows; ++g) {
           if (dr == 1 && g == rows - 1 && !second_row) break;  // the last row of tiles hangs past the output
           const int64_t at = (2 * g + dr) * ow;
-          store_row(y + at, res ? res + at : nullptr, part[g], part[g], cols, e.relu);
+          store_outputs(y + at, res ? res + at : nullptr, part[g], cols, e.relu);
         }
       }
     }
