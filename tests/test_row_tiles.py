@@ -165,6 +165,43 @@ def test_new_weights_reach_a_row_tiled_chain(restore_threads):
     np.testing.assert_allclose(f(xv), want(-w1, w2), rtol=1e-4, atol=1e-4)
 
 
+def test_new_batch_norm_and_bias_reach_a_row_tiled_chain(restore_threads):
+    """A grouped convolution folds its batch norm and bias once and keeps them while those variables are
+    unchanged: writing any one of them, or feeding a bias that is an input, must reach the next call."""
+    kn.set_num_threads(2)
+    rng = np.random.default_rng(6)
+    w1, w2 = (rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.3 for _ in range(2))
+    stats = [
+        rng.uniform(0.5, 1.5, 8),
+        rng.standard_normal(8) * 0.1,
+        rng.standard_normal(8) * 0.1,
+        rng.uniform(0.5, 2, 8),
+    ]
+    stats = [a.astype(np.float32) for a in stats]
+    bias = rng.standard_normal(8).astype(np.float32)
+    xv = rng.standard_normal((1, 8, 16, 16)).astype(np.float32)
+    with kn.Graph():
+        x, b2 = kn.input("x", (None, 8, 16, 16)), kn.input("b2", (8,))
+        W1, W2, B1 = kn.Parameter(w1, name="w1"), kn.Parameter(w2, name="w2"), kn.Parameter(bias, name="b1")
+        gamma, beta, mean, var = (kn.Parameter(a, name=f"s{i}") for i, a in enumerate(stats))
+        h = kn.relu(kn.batch_norm(kn.conv2d(x, W1, B1, padding=1), mean, var, gamma, beta))
+        f = kn.function([x, b2], kn.conv2d(h, W2, b2, padding=1), training=False)
+
+    def want(b1, st, b2v):
+        h = np_conv(xv.astype(np.float64), w1.astype(np.float64), b1.astype(np.float64), padding=1)
+        h = np.maximum(np_bn(h, *[a.astype(np.float64) for a in st]), 0)
+        return np_conv(h, w2.astype(np.float64), b2v.astype(np.float64), padding=1)
+
+    zero, one = np.zeros(8, np.float32), np.ones(8, np.float32)
+    np.testing.assert_allclose(f(xv, zero), want(bias, stats, zero), rtol=1e-4, atol=1e-4)
+    assert f.plan_stats()["steps"] < 4  # the two convolutions run as one group
+    np.testing.assert_allclose(f(xv, one), want(bias, stats, one), rtol=1e-4, atol=1e-4)
+    B1.assign(-bias)
+    np.testing.assert_allclose(f(xv, one), want(-bias, stats, one), rtol=1e-4, atol=1e-4)
+    var.assign(stats[3] * 4)
+    np.testing.assert_allclose(f(xv, one), want(-bias, [*stats[:3], stats[3] * 4], one), rtol=1e-4, atol=1e-4)
+
+
 def test_a_new_thread_count_makes_a_new_plan(restore_threads):
     """Plans are cut for the pool's size (tiled groups, workspaces): after set_num_threads the next call
     plans again, and gets the same values."""

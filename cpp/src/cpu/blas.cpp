@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/aligned.h"
 #include "cpu/parallel.h"
 
 // One name for CBLAS whichever OpenBLAS provides it: the PyPI build (scipy-openblas32) prefixes
@@ -170,7 +171,7 @@ void gemm_rows(int m, int n, int k, const float* a, int lda, const float* bt, fl
     // are added after. Split by rows, each thread read all of Bt from L3 on every call (32 x 3072 x
     // 100: 63 -> 57 us; 32 x 8192 x 100 167 -> 152 us). A wide one (32 x 512 x 1000) ran 14% slower so.
     const int parts = std::min(threads, slices);
-    static thread_local std::vector<float> partial;  // the caller's: parts 1 and on write here
+    static thread_local AlignedFloats partial;  // the caller's: parts 1 and on write here
     partial.resize(static_cast<size_t>(parts - 1) * m * n);
     float* scratch = partial.data();  // by pointer: in the workers, `partial` names their own
     parallel_for(parts, 1, [&](int64_t t0, int64_t t1) {

@@ -30,10 +30,10 @@ Derived find_derived(const void* addr, uint64_t stamp, const DerivedShape& shape
   return it == c.entries.end() ? nullptr : it->second;
 }
 
-Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, std::vector<float> values) {
+Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, AlignedFloats values) {
   Cache& c = cache();
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
-  auto made = std::make_shared<const std::vector<float>>(std::move(values));
+  auto made = std::make_shared<const AlignedFloats>(std::move(values));
   std::lock_guard<std::mutex> lock(c.mu);
   for (auto it = c.entries.begin(); it != c.entries.end();) {  // older stamps of the same weights
     if (std::get<0>(it->first) != a) {

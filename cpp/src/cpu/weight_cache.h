@@ -9,23 +9,25 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/aligned.h"
+
 namespace kiln::cpu {
 
-using Derived = std::shared_ptr<const std::vector<float>>;
+using Derived = std::shared_ptr<const AlignedFloats>;
 using DerivedShape = std::array<int64_t, 4>;  // the derivation's geometry, part of the key
 
 // The entry for (addr, stamp, shape), or null.
 Derived find_derived(const void* addr, uint64_t stamp, const DerivedShape& shape);
 // Keeps `values` for (addr, stamp, shape), dropping entries of older stamps at the same address;
 // the cache holds at most 512 MB.
-Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, std::vector<float> values);
+Derived keep_derived(const void* addr, uint64_t stamp, const DerivedShape& shape, AlignedFloats values);
 
 // The derived values for (addr, stamp, shape): made by fill(out) into `floats` zeroed floats the
 // first time, shared afterwards. A hit costs one locked map lookup, nothing allocated.
 template <class Fill>
 Derived derived_weights(const void* addr, uint64_t stamp, const DerivedShape& shape, size_t floats, Fill&& fill) {
   if (Derived hit = find_derived(addr, stamp, shape)) return hit;
-  std::vector<float> values(floats, 0.f);
+  AlignedFloats values(floats, 0.f);
   fill(values.data());  // outside the lock: it may run on the thread pool
   return keep_derived(addr, stamp, shape, std::move(values));
 }

@@ -2,6 +2,8 @@
 // A convolution run by output rows, for row-tiled execution (runtime/row_tiles.cpp): at batch 1 each
 // thread computes, layer after layer, the rows its part of a chain's outputs needs, from rows it
 // computed itself, so that the threads exchange data only at the chain's ends.
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -52,6 +54,9 @@ class RowConv {
   double eps_ = 0;
   int64_t unit_ = 1;
   size_t buffer_ = 0;
+  // What prepare() derived its members from: each of the weights, bias and batch norm's data and stamp.
+  using Sources = std::array<std::pair<const void*, uint64_t>, 6>;
+  Sources sources_{};
   cpu::Derived packed_;
   std::vector<float> affine_;  // a folded batch norm: scale, then shift
   const float* bias_ = nullptr;

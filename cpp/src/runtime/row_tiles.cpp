@@ -174,14 +174,14 @@ RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_flo
   // A part's memory ends 4 KiB clear of anything another part writes: hardware prefetchers run
   // about 1 KiB past the end of a stream, and a line they pull from the other core costs there.
   part_floats_ = static_cast<size_t>(at + round_up(static_cast<int64_t>(buffer), 16) + 1024);
-  for (int part = 0; part < parts_; ++part) memory_.emplace_back(new float[part_floats_]);
+  for (int part = 0; part < parts_; ++part) memory_.emplace_back(part_floats_);
 }
 
 void RowTiles::run() {
   for (Member& m : members_) m.conv->prepare(m.step.in);
   cpu::parallel_for(parts_, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t part = p0; part < p1; ++part) {
-      float* mem = memory_[part].get();
+      float* mem = memory_[part].data();
       float* pad = mem + offsets_.back();
       const bool bands = samples_ == 1;  // else whole samples [s0, s1), every row
       const int64_t s0 = bands ? 0 : samples_ * part / parts_, s1 = bands ? 1 : samples_ * (part + 1) / parts_;

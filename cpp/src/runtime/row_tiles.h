@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/aligned.h"
 #include "ops/conv_rows.h"
 #include "runtime/program.h"
 
@@ -41,7 +42,7 @@ class RowTiles {
   int parts_;
   int64_t samples_;
   size_t part_floats_ = 0;
-  std::vector<std::unique_ptr<float[]>> memory_;  // a part's: its private values and pad buffer, allocated apart
+  std::vector<cpu::AlignedFloats> memory_;  // a part's: its private values and pad buffer, allocated apart
 };
 
 // A group as the planner finds it: its nodes, each one's RowConv, and how its work is cut.
