@@ -8,8 +8,12 @@ namespace kiln {
 namespace {
 
 // Work of a group beyond computing each output row once, at most: past it the rows recomputed where
-// bands' needs overlap cost more than the threads' exchange saves (ResNet-8's stages: 4 - 8%).
-constexpr double kMaxRedundancy = 0.15;
+// bands' needs overlap cost more than the threads' exchange saves. ResNet-8 at batch 1 with 0.3 (its
+// first two stages one chain, the third another) against 0.15 (a chain a stage): 3.5 - 5% slower in
+// this machine's fast state (64 against 62 us), 10 - 20% faster in its slow one, where the virtual CPUs
+// sit far apart and each chain's ends cost most (71 - 77 against 84 - 93 us). With 0.6, one chain:
+// 82 - 85 us even in the fast state.
+constexpr double kMaxRedundancy = 0.3;
 // A value passed inside a group, at most: its band's share at batch 1, a sample's above (each part
 // keeps whole values, of which it writes its rows). CIFAR-sized layers gain (ResNet-8's are 8 - 32 KB
 // a band, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than the exchange saves:
