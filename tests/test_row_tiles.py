@@ -202,6 +202,43 @@ def test_new_batch_norm_and_bias_reach_a_row_tiled_chain(restore_threads):
     np.testing.assert_allclose(f(xv, one), want(-bias, [*stats[:3], stats[3] * 4], one), rtol=1e-4, atol=1e-4)
 
 
+def resnet8_like(x: kn.Tensor) -> kn.Tensor:
+    """ResNet-8's layout at 32x32: a stem and three basic blocks, the last two strided (16, 32, 64
+    channels), then global average pooling and a linear layer."""
+    nn = kn.nn
+
+    def block(h, cin, cout, stride):
+        y = kn.relu(nn.BatchNorm2d(cout)(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)(h)))
+        y = nn.BatchNorm2d(cout)(nn.Conv2d(cout, cout, 3, padding=1, bias=False)(y))
+        short = (
+            h if stride == 1 else nn.BatchNorm2d(cout)(nn.Conv2d(cin, cout, 1, stride=stride, bias=False)(h))
+        )
+        return kn.relu(y + short)
+
+    h = kn.relu(nn.BatchNorm2d(16)(nn.Conv2d(3, 16, 3, padding=1, bias=False)(x)))
+    h = block(block(block(h, 16, 16, 1), 16, 32, 2), 32, 64, 2)
+    return nn.Linear(64, 10)(kn.mean(h, axis=(2, 3)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_strided_stages_exchange_rows_instead_of_recomputing_them(restore_threads, threads):
+    """At batch 1 a value read by a strided layer is exchanged between the bands (each computes its own
+    rows, then copies its neighbours' from their memory) rather than recomputed: on two threads
+    ResNet-8's nine convolutions run as one chain in three stages; on any, they agree with the
+    one-thread plan."""
+    xv = np.random.default_rng(7).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with kn.Graph():
+        kn.manual_seed(0)
+        x = kn.input("x", (None, 3, 32, 32))
+        f = kn.function([x], resnet8_like(x), training=False)
+    kn.set_num_threads(1)
+    want, layer_by_layer = f(xv), f.plan_stats()["steps"]
+    kn.set_num_threads(threads)
+    np.testing.assert_allclose(f(xv), want, rtol=1e-5, atol=1e-6)
+    if threads == 2:  # (three bands of 16 rows, cut at multiples of 4 for Winograd, leave more to recompute)
+        assert f.plan_stats()["steps"] == layer_by_layer - 8  # the nine convolutions: one step
+
+
 def test_a_new_thread_count_makes_a_new_plan(restore_threads):
     """Plans are cut for the pool's size (tiled groups, workspaces): after set_num_threads the next call
     plans again, and gets the same values."""

@@ -295,6 +295,7 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
     if (m.conv->residual_input() >= 0) m.residual_private = private_of(node.inputs[m.conv->residual_input()]);
     m.out_private = private_of(Edge{id, 0});
     m.rows = g.rows[i];
+    m.stage = g.stages[i];
     auto sample_floats = [&](const Edge& e) { return spec[slot_of[e.node][e.index]].shape.numel() / g.samples; };
     m.x_sample = sample_floats(node.inputs[0]);
     if (m.conv->residual_input() >= 0) m.residual_sample = sample_floats(node.inputs[m.conv->residual_input()]);
@@ -313,7 +314,8 @@ std::unique_ptr<Plan> make_plan(const Program& p, const std::vector<Shape>& inpu
         group.fresh.push_back({static_cast<int>(group.out.size()), fresh_spec});
         group.out.push_back(member.step.out[k]);
       }
-    group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), g.parts, g.samples);
+    group.tiles = std::make_shared<RowTiles>(std::move(tile_members), std::move(floats), g.parts, g.samples,
+                                             std::move(g.exchanges));
     plan->stats.buffer_bytes += group.tiles->bytes();
     tile_members.clear();
     plan->steps.push_back(std::move(group));

@@ -23,6 +23,9 @@ class RowConv {
   static std::unique_ptr<RowConv> make(const std::vector<TensorSpec>& inputs, const Attrs& attrs);
 
   int64_t out_rows() const { return g_.out[1]; }
+  int64_t out_cols() const { return g_.out[2]; }
+  int64_t filters() const { return g_.k; }
+  int64_t row_stride() const { return g_.stride[1]; }
   // Rows [r0, r1) computed together start at a multiple of this, and end at one or at the last row.
   int64_t row_unit() const { return unit_; }
   // The input rows that output rows [r0, r1) read (clipped to the input).

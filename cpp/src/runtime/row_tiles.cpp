@@ -8,12 +8,11 @@ namespace kiln {
 namespace {
 
 // Work of a group beyond computing each output row once, at most: past it the rows recomputed where
-// bands' needs overlap cost more than the threads' exchange saves. ResNet-8 at batch 1 with 0.3 (its
-// first two stages one chain, the third another) against 0.15 (a chain a stage): 3.5 - 5% slower in
-// this machine's fast state (64 against 62 us), 10 - 20% faster in its slow one, where the virtual CPUs
-// sit far apart and each chain's ends cost most (71 - 77 against 84 - 93 us). With 0.6, one chain:
-// 82 - 85 us even in the fast state.
-constexpr double kMaxRedundancy = 0.3;
+// bands' needs overlap cost more than the threads' exchange saves. ResNet-8 at batch 1, whose strided
+// layers' inputs are exchanged, recomputes 6.6% (before, chains ending at the strided layers: 4 - 8%
+// each, and a limit of 0.3 merging two stages by recomputation was 3.5 - 5% slower in this machine's
+// fast state, 10 - 20% faster in its slow one).
+constexpr double kMaxRedundancy = 0.15;
 // A value passed inside a group, at most: its band's share at batch 1, a sample's above (each part
 // keeps whole values, of which it writes its rows). CIFAR-sized layers gain (ResNet-8's are 8 - 32 KB
 // a band, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than the exchange saves:
@@ -72,8 +71,11 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
     internal[i] = inside > 0;
   }
   if (std::find(internal.begin(), internal.end(), true) == internal.end()) return false;
-  // Rows, from the last member back: a group output's band, else the hull of what its readers need.
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> rows(m, std::vector<std::pair<int64_t, int64_t>>(bands));
+  // Rows, from the last member back: a group output's band, or an exchanged value's; else the hull of
+  // what its readers need.
+  using Rows = std::pair<int64_t, int64_t>;
+  std::vector<std::vector<Rows>> rows(m, std::vector<Rows>(bands)), needs(m, std::vector<Rows>(bands));
+  std::vector<bool> exchanged(m, false);
   double work = 0, needed = 0;
   for (size_t i = m; i-- > 0;) {
     const conv::RowConv& cv = *g.convs[i];
@@ -82,38 +84,69 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
     const Edge& w = p.nodes[g.nodes[i]].inputs[1];
     const Shape& ws = spec[slot_of[w.node][w.index]].shape;  // (K, C / groups, kh, kw): multiply-adds a row
     const double row_cost = double(spec[s].shape.numel()) / oh * double(ws.numel()) / double(ws[0]);
-    for (int part = 0; part < bands; ++part) {
+    auto band = [&](int part) -> Rows {
+      return {std::min(oh, oh * part / bands / unit * unit),
+              part + 1 == bands ? oh : std::min(oh, oh * (part + 1) / bands / unit * unit)};
+    };
+    for (int part = 0; part < bands && internal[i]; ++part) {
       int64_t lo = oh, hi = 0;
-      if (!internal[i]) {
-        lo = std::min(oh, oh * part / bands / unit * unit);
-        hi = part + 1 == bands ? oh : std::min(oh, oh * (part + 1) / bands / unit * unit);
-      } else {
-        for (int32_t c : consumers[s]) {  // as its input, the rows the reader's rows read; as its residual, those
-          const int j = member_of(c);
-          const auto [r0, r1] = rows[j][part];
-          if (r0 >= r1) continue;
-          const std::vector<Edge>& ins = p.nodes[c].inputs;
-          for (size_t k = 0; k < ins.size(); ++k) {
-            if (slot_of[ins[k].node][ins[k].index] != s) continue;
-            const auto read = k == 0 ? g.convs[j]->rows_read(r0, r1) : std::make_pair(r0, r1);
-            lo = std::min(lo, read.first);
-            hi = std::max(hi, read.second);
-          }
+      for (int32_t c : consumers[s]) {  // as its input, the rows the reader's rows read; as its residual, those
+        const int j = member_of(c);
+        const auto [r0, r1] = rows[j][part];
+        if (r0 >= r1) continue;
+        const std::vector<Edge>& ins = p.nodes[c].inputs;
+        for (size_t k = 0; k < ins.size(); ++k) {
+          if (slot_of[ins[k].node][ins[k].index] != s) continue;
+          const auto read = k == 0 ? g.convs[j]->rows_read(r0, r1) : std::make_pair(r0, r1);
+          lo = std::min(lo, read.first);
+          hi = std::max(hi, read.second);
+          exchanged[i] = exchanged[i] || (bands > 1 && k == 0 && g.convs[j]->row_stride() > 1);
         }
-        if (lo < hi) lo = lo / unit * unit, hi = std::min(oh, round_up(hi, unit));
       }
-      rows[i][part] = lo < hi ? std::make_pair(lo, hi) : std::make_pair(int64_t{0}, int64_t{0});
-      work += double(std::max<int64_t>(0, hi - lo)) * row_cost;
+      needs[i][part] = lo < hi ? Rows{lo, hi} : Rows{0, 0};
+    }
+    for (int part = 0; part < bands; ++part) {
+      Rows r = band(part);
+      if (internal[i] && !exchanged[i]) {
+        const auto [lo, hi] = needs[i][part];
+        r = lo < hi ? Rows{lo / unit * unit, std::min(oh, round_up(hi, unit))} : Rows{0, 0};
+      }
+      rows[i][part] = r.first < r.second ? r : Rows{0, 0};
+      work += double(std::max<int64_t>(0, r.second - r.first)) * row_cost;
     }
     needed += double(oh) * row_cost;
   }
   if (work > (1 + kMaxRedundancy) * needed) return false;
+  // Stages: after each exchanged value's, the stage that reads it.
+  std::vector<int> stage(m, 0);
+  for (size_t i = 0; i < m; ++i)
+    for (const Edge& e : p.nodes[g.nodes[i]].inputs)
+      for (size_t j = 0; j < i; ++j)
+        if (internal[j] && slot_of[e.node][e.index] == slot_of[g.nodes[j]][0])
+          stage[i] = std::max(stage[i], stage[j] + (exchanged[j] ? 1 : 0));
   out->parts = parts;
   out->samples = samples;
   out->nodes = g.nodes;
+  for (size_t i = 0; i < m; ++i) {
+    if (!internal[i]) continue;
+    out->private_slots.push_back(slot_of[g.nodes[i]][0]);
+    if (!exchanged[i]) continue;
+    const conv::RowConv& cv = *g.convs[i];
+    RowExchange x;
+    x.value = static_cast<int>(out->private_slots.size()) - 1;
+    x.stage = stage[i] + 1;
+    x.channels = cv.filters(), x.rows = cv.out_rows(), x.cols = cv.out_cols();
+    x.copies.resize(bands);
+    for (int part = 0; part < bands; ++part)
+      for (int from = 0; from < bands; ++from) {
+        const int64_t r0 = std::max(needs[i][part].first, rows[i][from].first),
+                      r1 = std::min(needs[i][part].second, rows[i][from].second);
+        if (from != part && r0 < r1) x.copies[part].push_back({from, r0, r1});
+      }
+    out->exchanges.push_back(std::move(x));
+  }
   out->rows = std::move(rows);
-  for (size_t i = 0; i < m; ++i)
-    if (internal[i]) out->private_slots.push_back(slot_of[g.nodes[i]][0]);
+  out->stages = std::move(stage);
   return true;
 }
 
@@ -165,8 +198,10 @@ std::vector<TileGroupPlan> plan_row_tiles(const Program& p, const std::vector<st
   return groups;
 }
 
-RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples)
-    : members_(std::move(members)), parts_(parts), samples_(samples) {
+RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_floats, int parts, int64_t samples,
+                   std::vector<RowExchange> exchanges)
+    : members_(std::move(members)), exchanges_(std::move(exchanges)), parts_(parts), samples_(samples) {
+  for (const Member& m : members_) stages_ = std::max(stages_, m.stage + 1);
   int64_t at = 0;
   for (int64_t f : private_floats) {
     offsets_.push_back(at);
@@ -183,14 +218,29 @@ RowTiles::RowTiles(std::vector<Member> members, std::vector<int64_t> private_flo
 
 void RowTiles::run() {
   for (Member& m : members_) m.conv->prepare(m.step.in);
+  for (int stage = 0; stage < stages_; ++stage) run_stage(stage);
+}
+
+void RowTiles::run_stage(int stage) {
   cpu::parallel_for(parts_, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t part = p0; part < p1; ++part) {
       float* mem = memory_[part].data();
       float* pad = mem + offsets_.back();
+      for (const RowExchange& x : exchanges_) {  // the rows next to this band, from the parts that made them
+        if (x.stage != stage) continue;
+        const int64_t plane = x.rows * x.cols;
+        for (const RowExchange::Copy& c : x.copies[part]) {
+          const float* from = memory_[c.from].data() + offsets_[x.value] + c.r0 * x.cols;
+          float* to = mem + offsets_[x.value] + c.r0 * x.cols;
+          for (int64_t ch = 0; ch < x.channels; ++ch)
+            std::copy(from + ch * plane, from + ch * plane + (c.r1 - c.r0) * x.cols, to + ch * plane);
+        }
+      }
       const bool bands = samples_ == 1;  // else whole samples [s0, s1), every row
       const int64_t s0 = bands ? 0 : samples_ * part / parts_, s1 = bands ? 1 : samples_ * (part + 1) / parts_;
       for (int64_t n = s0; n < s1; ++n)
         for (const Member& m : members_) {
+          if (m.stage != stage) continue;
           const auto [r0, r1] = m.rows[bands ? part : 0];
           if (r0 >= r1) continue;
           const int ri = m.conv->residual_input();
