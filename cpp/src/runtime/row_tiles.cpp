@@ -7,16 +7,10 @@
 namespace kiln {
 namespace {
 
-// Work of a group beyond computing each output row once, at most: past it the rows recomputed where
-// bands' needs overlap cost more than the threads' exchange saves. ResNet-8 at batch 1, whose strided
-// layers' inputs are exchanged, recomputes 6.6% (before, chains ending at the strided layers: 4 - 8%
-// each, and a limit of 0.3 merging two stages by recomputation was 3.5 - 5% slower in this machine's
-// fast state, 10 - 20% faster in its slow one).
-constexpr double kMaxRedundancy = 0.15;
 // A value passed inside a group, at most: its band's share at batch 1, a sample's above (each part
 // keeps whole values, of which it writes its rows). CIFAR-sized layers gain (ResNet-8's are 8 - 32 KB
-// a band, 16 - 64 KB a sample); at 224x224 the rows recomputed cost more than the exchange saves:
-// ResNet-18's 28x28 layers (200 KB a band) ran 3% slower in groups, its 56x56 ones (400 KB) 7%.
+// a band, 16 - 64 KB a sample); ResNet-18 at 224x224 ran 1 - 3% slower with its 28x28 and 56x56 layers
+// grouped too (200 and 400 KB a band; 3 and 7% when the bands recomputed their neighbours' rows).
 constexpr int64_t kMaxPrivateBytes = 64 << 10;
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -71,23 +65,19 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
     internal[i] = inside > 0;
   }
   if (std::find(internal.begin(), internal.end(), true) == internal.end()) return false;
-  // Rows, from the last member back: a group output's band, or an exchanged value's; else the hull of
-  // what its readers need.
+  // Rows, from the last member back. In bands each part computes its band of a value another member reads
+  // as its input, and copies the rows next to it that its readers need from the parts that computed
+  // them (the value is exchanged); of a value read only as a residual, the rows its readers add to.
+  // Recomputing the rows where bands' needs overlap instead (a row or two a layer, twice as many before a
+  // strided layer) cost more: ResNet-8 at batch 1 took 60.5 us exchanging only strided layers' inputs
+  // (6.6% of its rows recomputed), 58.3 exchanging all.
   using Rows = std::pair<int64_t, int64_t>;
   std::vector<std::vector<Rows>> rows(m, std::vector<Rows>(bands)), needs(m, std::vector<Rows>(bands));
   std::vector<bool> exchanged(m, false);
-  double work = 0, needed = 0;
   for (size_t i = m; i-- > 0;) {
     const conv::RowConv& cv = *g.convs[i];
     const int64_t oh = cv.out_rows(), unit = cv.row_unit();
     const int s = slot_of[g.nodes[i]][0];
-    const Edge& w = p.nodes[g.nodes[i]].inputs[1];
-    const Shape& ws = spec[slot_of[w.node][w.index]].shape;  // (K, C / groups, kh, kw): multiply-adds a row
-    const double row_cost = double(spec[s].shape.numel()) / oh * double(ws.numel()) / double(ws[0]);
-    auto band = [&](int part) -> Rows {
-      return {std::min(oh, oh * part / bands / unit * unit),
-              part + 1 == bands ? oh : std::min(oh, oh * (part + 1) / bands / unit * unit)};
-    };
     for (int part = 0; part < bands && internal[i]; ++part) {
       int64_t lo = oh, hi = 0;
       for (int32_t c : consumers[s]) {  // as its input, the rows the reader's rows read; as its residual, those
@@ -100,23 +90,21 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
           const auto read = k == 0 ? g.convs[j]->rows_read(r0, r1) : std::make_pair(r0, r1);
           lo = std::min(lo, read.first);
           hi = std::max(hi, read.second);
-          exchanged[i] = exchanged[i] || (bands > 1 && k == 0 && g.convs[j]->row_stride() > 1);
+          exchanged[i] = exchanged[i] || (bands > 1 && k == 0);
         }
       }
       needs[i][part] = lo < hi ? Rows{lo, hi} : Rows{0, 0};
     }
     for (int part = 0; part < bands; ++part) {
-      Rows r = band(part);
+      Rows r{std::min(oh, oh * part / bands / unit * unit),
+             part + 1 == bands ? oh : std::min(oh, oh * (part + 1) / bands / unit * unit)};
       if (internal[i] && !exchanged[i]) {
         const auto [lo, hi] = needs[i][part];
         r = lo < hi ? Rows{lo / unit * unit, std::min(oh, round_up(hi, unit))} : Rows{0, 0};
       }
       rows[i][part] = r.first < r.second ? r : Rows{0, 0};
-      work += double(std::max<int64_t>(0, r.second - r.first)) * row_cost;
     }
-    needed += double(oh) * row_cost;
   }
-  if (work > (1 + kMaxRedundancy) * needed) return false;
   // Stages: after each exchanged value's, the stage that reads it.
   std::vector<int> stage(m, 0);
   for (size_t i = 0; i < m; ++i)

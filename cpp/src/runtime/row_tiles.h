@@ -1,17 +1,15 @@
 #pragma once
 // Tiled execution of chains of small convolutions on the CPU. A group of them runs as one step: each
-// thread computes, layer after layer, its part of the group's outputs into memory of its own, and the
-// threads meet only at the group's ends.
-// - One sample: a part is a band of output rows, and each layer's rows that the band needs, recomputing
-//   the few rows where two bands' needs overlap. Split layer by layer, each thread read the rows next to
-//   its band from the other core in every layer, and where the host placed the two virtual CPUs far apart
-//   (a cache line 200 ns away) two threads ran ResNet-8 no faster than one.
+// thread computes, layer after layer, its part of the group's values into memory of its own.
+// - One sample: a part is a band of rows of each value. The group runs in stages, one parallel region
+//   each; before a stage, each part copies from the other parts' memory the rows next to its band that
+//   the stage's layers read. Split layer by layer in the plan's memory, each thread read rows of the
+//   other's band in every layer, and hardware prefetchers ran on into it: where the host placed the two
+//   virtual CPUs far apart (a cache line 200 ns away), two threads ran ResNet-8 no faster than one.
+//   Bands that recomputed the rows where their needs overlap, meeting only at the chains' ends, cost
+//   more than the copies (a strided layer doubles the rows before it).
 // - More: a part is a range of samples, each run through the whole chain while its values stay in L2
 //   (layer by layer, a batch of 32 CIFAR images streamed 2 MB a layer through L3).
-// At one sample a value read by a strided layer is exchanged instead: a strided layer doubles the rows
-// every layer before it would recompute. Each part computes its own band of it, and the group runs in
-// stages, one parallel region each; before the stage that reads such a value, each part copies from
-// the others' memory the rows next to its band that its readers need.
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -23,8 +21,6 @@
 
 namespace kiln {
 
-// One group, built by the planner: consecutive "conv" steps whose values passed between them are read
-// by no other step.
 // A private value passed between a group's stages (one sample, in bands): a (C, H, W) array in each
 // part's memory, of which each part computed its band of rows; at the start of `stage` each part copies
 // the rows `copies` lists from the parts that computed them.
@@ -39,6 +35,8 @@ struct RowExchange {
   std::vector<std::vector<Copy>> copies;  // per part
 };
 
+// One group, built by the planner: consecutive "conv" steps whose values passed between them are read
+// by no other step.
 class RowTiles {
  public:
   struct Member {
