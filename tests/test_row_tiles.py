@@ -121,10 +121,8 @@ def test_row_tiled_net_matches_numpy_and_one_thread(restore_threads, shape, thre
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         # atol 1e-5: ungrouped, the 32-channel layers run Winograd's sums (conv_winograd.cpp)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    # On two threads the chain ran as fewer steps than one thread's plan has (where nothing is grouped);
-    # split in more bands, a small image's layers may recompute too many rows to be grouped.
-    if threads == 2:
-        assert tiled.plan_stats()["steps"] < one.plan_stats()["steps"]
+    # the chain ran as fewer steps than one thread's plan has (where nothing is grouped)
+    assert tiled.plan_stats()["steps"] < one.plan_stats()["steps"]
     # a batch of three: parts of whole samples, each through the chain (where its values fit)
     steps3 = one.plan_stats()["steps"]
     want3 = np.concatenate([net.numpy(a[None])["out"] for a in x3])

@@ -1,7 +1,6 @@
 #pragma once
 // A convolution run by output rows, for row-tiled execution (runtime/row_tiles.cpp): at batch 1 each
-// thread computes, layer after layer, the rows its part of a chain's outputs needs, from rows it
-// computed itself, so that the threads exchange data only at the chain's ends.
+// thread computes, layer after layer, its band of rows of a chain's values, in memory of its own.
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -25,7 +24,6 @@ class RowConv {
   int64_t out_rows() const { return g_.out[1]; }
   int64_t out_cols() const { return g_.out[2]; }
   int64_t filters() const { return g_.k; }
-  int64_t row_stride() const { return g_.stride[1]; }
   // Rows [r0, r1) computed together start at a multiple of this, and end at one or at the last row.
   int64_t row_unit() const { return unit_; }
   // The input rows that output rows [r0, r1) read (clipped to the input).

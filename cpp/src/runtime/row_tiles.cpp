@@ -105,6 +105,19 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
       rows[i][part] = r.first < r.second ? r : Rows{0, 0};
     }
   }
+  // Each part's copies of an exchanged value: the rows it needs from the others' bands.
+  std::vector<std::vector<std::vector<RowExchange::Copy>>> copies(m);
+  for (size_t i = 0; i < m; ++i) {
+    if (!exchanged[i]) continue;
+    copies[i].resize(bands);
+    for (int part = 0; part < bands; ++part)
+      for (int from = 0; from < bands; ++from) {
+        const int64_t r0 = std::max(needs[i][part].first, rows[i][from].first),
+                      r1 = std::min(needs[i][part].second, rows[i][from].second);
+        if (from != part && r0 < r1) copies[i][part].push_back({from, r0, r1});
+      }
+    exchanged[i] = std::any_of(copies[i].begin(), copies[i].end(), [](const auto& c) { return !c.empty(); });
+  }
   // Stages: after each exchanged value's, the stage that reads it.
   std::vector<int> stage(m, 0);
   for (size_t i = 0; i < m; ++i)
@@ -118,19 +131,13 @@ bool plan_group(const Candidate& g, const Program& p, const std::vector<std::vec
   for (size_t i = 0; i < m; ++i) {
     if (!internal[i]) continue;
     out->private_slots.push_back(slot_of[g.nodes[i]][0]);
-    if (!exchanged[i]) continue;
+    if (!exchanged[i]) continue;  // (or every part's readers stay inside its band)
     const conv::RowConv& cv = *g.convs[i];
     RowExchange x;
     x.value = static_cast<int>(out->private_slots.size()) - 1;
     x.stage = stage[i] + 1;
     x.channels = cv.filters(), x.rows = cv.out_rows(), x.cols = cv.out_cols();
-    x.copies.resize(bands);
-    for (int part = 0; part < bands; ++part)
-      for (int from = 0; from < bands; ++from) {
-        const int64_t r0 = std::max(needs[i][part].first, rows[i][from].first),
-                      r1 = std::min(needs[i][part].second, rows[i][from].second);
-        if (from != part && r0 < r1) x.copies[part].push_back({from, r0, r1});
-      }
+    x.copies = std::move(copies[i]);
     out->exchanges.push_back(std::move(x));
   }
   out->rows = std::move(rows);
