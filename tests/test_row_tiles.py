@@ -1,6 +1,7 @@
 """Tiled execution (runtime/row_tiles.cpp): an inference function runs a chain of small convolutions
-as one step, each thread computing at batch 1 every layer's rows that its band of the chain's outputs
-needs, and at larger batches whole samples through the chain. Checked against numpy and against the
+as one step, each thread computing at batch 1 its band of rows of every layer (copying the rows next to
+it from the other threads' bands between the layers that read them), and at larger batches whole
+samples through the chain. Checked against numpy and against the
 same function planned for one thread (no groups), over the kernels' row layouts (rows of 16 pixels
 and more, of 8 and of 4, odd heights), strides, dilation, folded batch norms, residuals from inside
 and outside a group, and thread counts that divide neither the rows nor the batch."""
