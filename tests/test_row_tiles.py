@@ -100,10 +100,11 @@ def restore_threads():
 # (channels, height, width): rows of 32 pixels (two vectors a row), of 20 (a partial vector), of 8 and
 # of 4 (two and four rows a vector), of 14 (the filter-lane kernel at stride 1), odd heights; Winograd's
 # layers (conv_winograd.cpp) by bands of rows of tiles (16 channels at 32x32: 16 tiles a row; 32 at 16x16
-# and 14x14: two rows of tiles a vector; 32 at 20x12: rows of 6 tiles in 8 lanes) and by whole samples
-# (64 channels at 8x8: four rows of tiles a vector).
+# and 14x14: two rows of tiles a vector; 32 at 20x12: rows of 6 tiles in 8 lanes) and, rows of 4 tiles
+# or fewer, in pairs (64 channels at 8x8, 7x7 and 10x6, an odd number of rows of tiles; 32 at 40x8 and
+# 64 at 20x4, bands of several chunks).
 SHAPES = [(8, 32, 32), (8, 13, 20), (8, 16, 8), (8, 12, 4), (32, 14, 14), (8, 9, 16), (16, 32, 32), (32, 16, 16),
-          (32, 20, 12)]  # fmt: skip
+          (32, 20, 12), (32, 40, 8)]  # fmt: skip
 
 
 @pytest.mark.parametrize("threads", [2, 3, 4])

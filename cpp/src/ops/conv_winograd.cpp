@@ -15,9 +15,11 @@
 // once. The transforms take the tiles 16 at a time, in one row of tiles, or where rows have 8 tiles or
 // fewer, in 2 or 4 rows (a row's tiles at lanes 8 or 4 apart), its 4 input rows read as even and odd
 // columns; the GEMMs take a chunk's tiles as one row of slots, 16 to a vector, in blocks of 8 filters x
-// 48 slots.
+// 48 slots. Row-tiled bands of rows 4 tiles wide (8x8 outputs) put 8 tiles in a vector, two of each
+// tile's 16 values side by side ("pairs"): a band of 4 output rows then fills the lanes.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "cpu/vec.h"
@@ -33,6 +35,21 @@ using cpu::splat;
 using cpu::store;
 using cpu::v16;
 using cpu::v8;
+
+// a0 b0 a1 b1 ... a7 b7
+inline v16 interleave(const v8& a, const v8& b) {
+  return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+inline v16 interleave_low(const v16& a, const v16& b) {
+  return __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+// Both floats at p in every pair of lanes (one 64-bit broadcast).
+inline v16 splat_pair(const float* p) {
+  typedef double v8d __attribute__((vector_size(64)));
+  double both;
+  std::memcpy(&both, p, sizeof both);
+  return (v16)(v8d{both, both, both, both, both, both, both, both});
+}
 
 constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxVectors = 3;  // a GEMM block: 3 vectors of tiles x 8 filters, 24 accumulators
@@ -56,7 +73,11 @@ struct Wino {
   // filters, each reading its part of U once, over the sample's tiles in one chunk. Else they split
   // the tiles, in chunks of up to 3 vectors.
   bool by_filters;
-  int64_t S;             // the slots of a chunk: V's and M's rows
+  int64_t S;  // the floats of a row of V and of M: a chunk's vectors x 16
+  // Two of a tile's 16 values a vector, at lanes 2t and 2t + 1 of its 8 tiles (by rows, 4 tiles a row of
+  // tiles): a band of 2 rows of tiles fills a vector. With one value a vector its lanes stayed half
+  // empty, and a band's GEMMs took as long as the whole sample's.
+  bool pairs = false;
   bool flipped = false;  // the weights are a forward convolution's (K, C, 3, 3), for its input gradient
   int64_t th() const { return (oh + 1) / 2; }  // tiles down and across
   int64_t tw() const { return (ow + 1) / 2; }
@@ -66,24 +87,29 @@ struct Wino {
   // virtual tile i vw + j; those with j >= tw are computed and dropped.
   int64_t vw() const { return tw() > 8 ? tw() : tw() > 4 ? 8 : 4; }
   int64_t vtiles() const { return th() * vw(); }
-  int64_t vectors() const { return (vtiles() + kLanes - 1) / kLanes; }  // a sample's, in the GEMMs
-  int64_t hp() const { return 2 * th() + 2; }                           // the padded input's rows and pitch
+  int64_t per_lane() const { return pairs ? 2 : 1; }                  // a tile's values a vector
+  int64_t tpv() const { return kLanes / per_lane(); }                 // tiles a vector
+  int64_t xrows() const { return kXi / per_lane(); }                  // V's rows a channel, M's a filter
+  int64_t lane(int64_t slot) const { return slot * per_lane(); }      // a slot's first float in a row
+  int64_t vectors() const { return (vtiles() + tpv() - 1) / tpv(); }  // a sample's, in the GEMMs
+  int64_t hp() const { return 2 * th() + 2; }                         // the padded input's rows and pitch
   int64_t wp() const { return 2 * tw() + 2; }
   int64_t plane() const { return hp() * wp(); }
   Padding padding() const { return {h, w, hp(), wp(), pt, pl}; }
   int64_t k8() const { return (k + kFilters - 1) / kFilters * kFilters; }
   int64_t packed() const { return kXi * k8() * c; }
   int64_t pad_elems() const { return c * plane() + kSlack; }
-  int64_t v_elems() const { return kXi * c * S + kSlack; }
+  int64_t v_elems() const { return xrows() * c * S + kSlack; }
   int64_t m_filters = 0;  // the filters of M's rows: all of them, or by filters a thread's share
-  int64_t m_elems() const { return kXi * m_filters * S + kSlack; }
+  int64_t m_elems() const { return xrows() * m_filters * S + kSlack; }
   // The workspace after U: each part's padded sample, V and M.
   int64_t part_elems() const { return pad_elems() + v_elems() + m_elems(); }
 };
 
 // threads: those the layer runs on (a sample of a row-tiled group runs on one).
-Wino wino_of(const Geom& g, int64_t threads = cpu::num_threads()) {
+Wino wino_of(const Geom& g, int64_t threads = cpu::num_threads(), bool pairs = false) {
   Wino d{g.n, g.c, g.k, g.in[1], g.in[2], g.out[1], g.out[2], g.pad[1], g.pad[2], false, 0};
+  d.pairs = pairs;
   d.S = std::min(kMaxVectors, g.n * d.vectors()) * kLanes;  // no wider than a chunk gets: V and M stay in L2
   d.m_filters = d.k8();
   const int64_t blocks = d.k8() / kFilters;
@@ -97,7 +123,8 @@ Wino wino_of(const Geom& g, int64_t threads = cpu::num_threads()) {
   return d;
 }
 
-// packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter; flipped,
+// packed[xi][k / 8][c][k % 8] = (G g G^T)[xi] of filter k's channel c, zero past the last filter (in pairs,
+// packed[xi / 2][k / 8][c][k % 8][xi % 2]); flipped,
 // g is w[c][k] turned by 180 degrees (the input gradient's filters).
 // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]. Eight filters at a time, in the lanes of v8 vectors:
 // every packed value is written (one (k, c) at a time, scattered over the 16 xi, a 64-channel layer
@@ -120,12 +147,15 @@ void pack(const Wino& d, const float* w, float* packed) {
         gg[2][i] = 0.5f * (g[i] - g[3 + i] + g[6 + i]);
         gg[3][i] = g[6 + i];
       }
-      float* out = packed + (b * C + c) * kFilters;
-      const int64_t xi_stride = blocks * C * kFilters;
+      const int64_t per = d.per_lane(), xi_stride = blocks * C * kFilters * per;
+      float* out = packed + (b * C + c) * kFilters * per;
       for (int i = 0; i < 4; ++i) {
         const v8 u[4] = {gg[i][0], 0.5f * (gg[i][0] + gg[i][1] + gg[i][2]), 0.5f * (gg[i][0] - gg[i][1] + gg[i][2]),
                          gg[i][2]};
-        for (int q = 0; q < 4; ++q) store(out + (i * 4 + q) * xi_stride, u[q]);
+        if (d.pairs)  // values 4i + q and 4i + q + 1 of each filter side by side, in row 2i + q / 2
+          for (int q = 0; q < 4; q += 2) store(out + (2 * i + q / 2) * xi_stride, interleave(u[q], u[q + 1]));
+        else
+          for (int q = 0; q < 4; ++q) store(out + (i * 4 + q) * xi_stride, u[q]);
       }
     }
   });
@@ -145,8 +175,8 @@ inline v16 odds(const v16& a, const v16& b) {
   return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-// A run of up to 16 tiles at slot s of the chunk: m virtual tiles from (ti, tj), in one row of tiles, or
-// where rows share a vector in up to 16 / vw rows from (ti, 0).
+// A run of up to a vector's tiles at slot s of the chunk: m virtual tiles from (ti, tj), in one row of tiles,
+// or where rows share a vector in up to tpv / vw rows from (ti, 0).
 struct Run {
   int64_t ti, tj, m, s;
 };
@@ -158,7 +188,7 @@ void for_runs(const Wino& d, int64_t t0, int64_t t1, int64_t s0, F&& fn) {
   const int64_t vw = d.vw();
   for (int64_t t = t0; t < t1;) {
     const int64_t ti = t / vw, tj = t % vw;
-    const int64_t m = vw <= 8 ? std::min(kLanes, t1 - t) : std::min({kLanes, vw - tj, t1 - t});
+    const int64_t m = vw <= 8 ? std::min(d.tpv(), t1 - t) : std::min({kLanes, vw - tj, t1 - t});
     fn(Run{ti, tj, m, s0 + t - t0});
     t += m;
   }
@@ -183,11 +213,13 @@ inline void columns(const float* const q[4], int64_t off, v16& a, v16& b) {
 
 // One run's V for every channel: p is the run's first input row in channel 0 (row g of tiles at p + go[g]),
 // v its first slot of V. The loop over the channels holds the run's geometry in registers (over the runs,
-// it reloaded it around every store: 9% of ResNet-8 at batch 32).
-template <int G, bool Full>
+// it reloaded it around every store: 9% of ResNet-8 at batch 32). Pairs: m tiles (up to 8) in lanes 0 - 7,
+// stored two values a tile.
+template <int G, bool Full, bool Pairs = false>
 void input_run(const float* p, const int64_t (&go)[4], int64_t wp, int64_t plane, int64_t C, int64_t S, int64_t m,
                float* v) {
-  for (int64_t c = 0; c < C; ++c, p += plane, v += kXi * S) {
+  constexpr int64_t rows = Pairs ? kXi / 2 : kXi;
+  for (int64_t c = 0; c < C; ++c, p += plane, v += rows * S) {
     v16 R[4][4];  // the 4 rows, each transformed along its columns: d B
     for (int i = 0; i < 4; ++i) {
       const float* q[4] = {p + i * wp + go[0], p + i * wp + go[1], p + i * wp + go[2], p + i * wp + go[3]};
@@ -197,13 +229,29 @@ void input_run(const float* p, const int64_t (&go)[4], int64_t wp, int64_t plane
       const v16 x0 = evens(a, b), x1 = odds(a, b), x2 = evens(a2, b2), x3 = odds(a2, b2);
       R[i][0] = x0 - x2, R[i][1] = x1 + x2, R[i][2] = x2 - x1, R[i][3] = x1 - x3;
     }
-    for (int j = 0; j < 4; ++j) {
-      const v16 out[4] = {R[0][j] - R[2][j], R[1][j] + R[2][j], R[2][j] - R[1][j], R[1][j] - R[3][j]};
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (Full)
-          store(v + (i * 4 + j) * S, out[i]);
-        else
-          store_lanes(v + (i * 4 + j) * S, out[i], m);
+    auto column = [&](int j, v16(&out)[4]) {
+      out[0] = R[0][j] - R[2][j], out[1] = R[1][j] + R[2][j], out[2] = R[2][j] - R[1][j], out[3] = R[1][j] - R[3][j];
+    };
+    for (int j = 0; j < 4; j += Pairs ? 2 : 1) {
+      v16 out[4];  // values 4i + j
+      column(j, out);
+      if constexpr (Pairs) {  // values 4i + j and 4i + j + 1 in row 2i + j / 2
+        v16 next[4];
+        column(j + 1, next);
+        for (int i = 0; i < 4; ++i) {
+          const v16 both = interleave_low(out[i], next[i]);
+          if constexpr (Full)
+            store(v + (2 * i + j / 2) * S, both);
+          else
+            store_lanes(v + (2 * i + j / 2) * S, both, 2 * m);
+        }
+      } else {
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (Full)
+            store(v + (i * 4 + j) * S, out[i]);
+          else
+            store_lanes(v + (i * 4 + j) * S, out[i], m);
+        }
       }
     }
   }
@@ -211,25 +259,29 @@ void input_run(const float* p, const int64_t (&go)[4], int64_t wp, int64_t plane
 
 // V[c][xi][slot] of a sample's virtual tiles [t0, t1) at slots [s0, s0 + t1 - t0), from the padded sample:
 // V = B^T d B, with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Slots from there to s_end are zeroed.
-template <int G>
+template <int G, bool Pairs = false>
 void transform_input(const Wino& d, const float* pad, int64_t t0, int64_t t1, int64_t s0, int64_t s_end, float* V) {
   const int64_t wp = d.wp(), S = d.S;
+  constexpr int64_t kRows = Pairs ? G / 2 : G;  // rows of tiles a vector
   for_runs(d, t0, t1, s0, [&](const Run& r) {
-    const int64_t rows = G == 1 ? 1 : std::min<int64_t>(G, d.th() - r.ti);  // rows past the last read the first
+    const int64_t rows = G == 1 ? 1 : std::min<int64_t>(kRows, d.th() - r.ti);  // rows past the last read the first
     int64_t go[4] = {0, 0, 0, 0};
     for (int g = 1; g < rows; ++g) go[g] = 2 * g * wp;
     const float* p = pad + 2 * r.ti * wp + 2 * r.tj;
-    (r.m == kLanes ? input_run<G, true> : input_run<G, false>)(p, go, wp, d.plane(), d.c, S, r.m, V + r.s);
+    (r.m == d.tpv() ? input_run<G, true, Pairs> : input_run<G, false, Pairs>)(p, go, wp, d.plane(), d.c, S, r.m,
+                                                                              V + d.lane(r.s));
   });
   const int64_t s1 = s0 + t1 - t0;
   if (s1 < s_end)  // the GEMMs' lanes past the tiles: finite, their products dropped
-    for (int64_t row = 0; row < kXi * d.c; ++row) std::fill(V + row * S + s1, V + row * S + s_end, 0.f);
+    for (int64_t row = 0; row < d.xrows() * d.c; ++row)
+      std::fill(V + row * S + d.lane(s1), V + row * S + d.lane(s_end), 0.f);
 }
 
 // m[r][slot] = sum over c of u[c][r] v[c][slot] for 8 B filters r (B blocks of 8, C x 8 values apart in
-// u) and NV vectors of slots; v's and m's rows are a tile's 16 values apart.
-template <int B, int NV>
-void gemm_block(const float* u, const float* v, int64_t C, int64_t S, float* m) {
+// u) and NV vectors of slots; v's and m's rows are `row` floats apart (a tile's values'). P: values a
+// tile a vector (pairs: 2, u[c][r] two floats, one for each of a slot's lanes).
+template <int B, int NV, int P = 1>
+void gemm_block(const float* u, const float* v, int64_t C, int64_t row, float* m) {
   constexpr int F = B * kFilters;
   v16 acc[F][NV];
 #pragma GCC unroll 16
@@ -237,52 +289,69 @@ void gemm_block(const float* u, const float* v, int64_t C, int64_t S, float* m) 
     for (int j = 0; j < NV; ++j) acc[r][j] = splat(0.f);
   for (int64_t c = 0; c < C; ++c) {
     v16 x[NV];
-    for (int j = 0; j < NV; ++j) x[j] = load(v + c * kXi * S + j * kLanes);
+    for (int j = 0; j < NV; ++j) x[j] = load(v + c * row + j * kLanes);
 #pragma GCC unroll 16
     for (int r = 0; r < F; ++r) {
-      const v16 s = splat(u[(r / kFilters) * C * kFilters + c * kFilters + r % kFilters]);
+      const float* at = u + ((r / kFilters) * C * kFilters + c * kFilters + r % kFilters) * P;
+      const v16 s = P == 2 ? splat_pair(at) : splat(*at);
       for (int j = 0; j < NV; ++j) acc[r][j] += s * x[j];
     }
   }
   for (int r = 0; r < F; ++r)
-    for (int j = 0; j < NV; ++j) store(m + r * kXi * S + j * kLanes, acc[r][j]);
+    for (int j = 0; j < NV; ++j) store(m + r * row + j * kLanes, acc[r][j]);
 }
 
 // M[k][xi][slot] = sum over c of U[xi][k][c] V[c][xi][slot], for filter blocks [b0, b1) and the chunk's
 // nv vectors of slots (M's rows from filter 8 b0 on). One vector takes 16 filters at a time: with 8, its
 // 8 accumulators left the FMA units idle for their latency (ResNet-8's 8x8 layer ran at 58% of peak).
+template <int P>
 void multiply(const Wino& d, const float* U, const float* V, int64_t b0, int64_t b1, int64_t nv, float* M) {
-  const int64_t C = d.c, S = d.S, blocks = d.k8() / kFilters;
-  for (int64_t xi = 0; xi < kXi; ++xi)
+  const int64_t C = d.c, S = d.S, blocks = d.k8() / kFilters, rows = kXi / P, row = rows * S;
+  for (int64_t xi = 0; xi < rows; ++xi)
     for (int64_t b = b0; b < b1;) {
-      const float* u = U + (xi * blocks + b) * C * kFilters;  // 8 filters' C values: in L1 across the vectors
-      float* m = M + ((b - b0) * kFilters * kXi + xi) * S;
+      const float* u = U + (xi * blocks + b) * C * kFilters * P;  // 8 filters' C values: in L1 across the vectors
+      float* m = M + ((b - b0) * kFilters * rows + xi) * S;
       if (nv == 1 && b + 2 <= b1) {
-        gemm_block<2, 1>(u, V + xi * S, C, S, m);
+        gemm_block<2, 1, P>(u, V + xi * S, C, row, m);
         b += 2;
         continue;
       }
       const int64_t groups = (nv + kMaxVectors - 1) / kMaxVectors;  // as even as they come (4: 2 and 2)
       for (int64_t i = 0; i < groups; ++i) {
         const int64_t j = nv * i / groups, n = nv * (i + 1) / groups - j, at = j * kLanes;
-        (n == 3 ? gemm_block<1, 3> : n == 2 ? gemm_block<1, 2> : gemm_block<1, 1>)(u, V + xi * S + at, C, S, m + at);
+        (n == 3   ? gemm_block<1, 3, P>
+         : n == 2 ? gemm_block<1, 2, P>
+                  : gemm_block<1, 1, P>)(u, V + xi * S + at, C, row, m + at);
       }
       ++b;
     }
 }
 
+void multiply(const Wino& d, const float* U, const float* V, int64_t b0, int64_t b1, int64_t nv, float* M) {
+  (d.pairs ? multiply<2> : multiply<1>)(d, U, V, b0, b1, nv, M);
+}
+
 // One run's outputs of filters [k0, k1): mk is the run's first slot in M's rows of filter k0, y (and the
 // residual) at the run's first output of filter k0, P apart a filter. G = 1: `cols` outputs of a row;
-// else `rows` rows of tiles, of `cols` outputs each.
-template <int G>
+// else `rows` rows of tiles, of `cols` outputs each. Pairs: value xi of the run's tiles in the even
+// (xi even) or odd lanes of M's row xi / 2, taken to lanes 0 - 7.
+template <int G, bool Pairs = false>
 void output_run(const float* mk, int64_t S, int64_t k0, int64_t k1, int64_t P, int64_t ow, int64_t rows, int64_t cols,
                 bool second_row, const Epilogue& e, const float* res, float* y) {
-  for (int64_t k = k0; k < k1; ++k, mk += kXi * S, y += P, res = res ? res + P : nullptr) {
+  constexpr int64_t kRows = Pairs ? kXi / 2 : kXi;
+  for (int64_t k = k0; k < k1; ++k, mk += kRows * S, y += P, res = res ? res + P : nullptr) {
     const float scale = e.scale ? e.scale[k] : 1.f, bias = e.bias ? e.bias[k] : 0.f;
+    auto value = [&](int xi) {  // M's value xi of the run's tiles
+      if constexpr (Pairs) {
+        const v16 both = load(mk + xi / 2 * S);
+        return xi % 2 ? odds(both, both) : evens(both, both);
+      } else {
+        return load(mk + xi * S);
+      }
+    };
     v16 s[4], t[4];  // A^T M: the sums and differences of M's rows
     for (int j = 0; j < 4; ++j) {
-      const v16 m0 = load(mk + (0 * 4 + j) * S), m1 = load(mk + (1 * 4 + j) * S), m2 = load(mk + (2 * 4 + j) * S),
-                m3 = load(mk + (3 * 4 + j) * S);
+      const v16 m0 = value(0 * 4 + j), m1 = value(1 * 4 + j), m2 = value(2 * 4 + j), m3 = value(3 * 4 + j);
       s[j] = m0 + m1 + m2, t[j] = m1 - m2 - m3;
     }
     const v16 y0[2] = {(s[0] + s[1] + s[2]) * scale + bias, (t[0] + t[1] + t[2]) * scale + bias};  // columns 2j
@@ -316,25 +385,26 @@ void output_run(const float* mk, int64_t S, int64_t k0, int64_t k1, int64_t P, i
 // The outputs of filters [k0, k1) of a sample's virtual tiles [t0, t1) from M (its rows from k0 on, the
 // tiles at slots from s0 on): Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], then the epilogue. y and e are
 // the sample's.
-template <int G>
+template <int G, bool Pairs = false>
 void transform_output(const Wino& d, const float* M, int64_t k0, int64_t k1, int64_t t0, int64_t t1, int64_t s0,
                       const Epilogue& e, float* y) {
   const int64_t P = d.oh * d.ow;
   for_runs(d, t0, t1, s0, [&](const Run& r) {
     const int64_t row = 2 * r.ti, col = 2 * r.tj, at = k0 * P + row * d.ow + col;
     const float* res = e.residual ? e.residual + at : nullptr;
+    const float* m = M + d.lane(r.s);
     if constexpr (G == 1) {
-      output_run<1>(M + r.s, d.S, k0, k1, P, d.ow, 1, std::min(2 * r.m, d.ow - col), row + 1 < d.oh, e, res, y + at);
+      output_run<1>(m, d.S, k0, k1, P, d.ow, 1, std::min(2 * r.m, d.ow - col), row + 1 < d.oh, e, res, y + at);
     } else {
       const int64_t rows = std::min<int64_t>(G, (r.m + d.vw() - 1) / d.vw());
-      output_run<G>(M + r.s, d.S, k0, k1, P, d.ow, rows, std::min<int64_t>(32 / G, d.ow), 2 * (r.ti + rows) <= d.oh, e,
-                    res, y + at);
+      output_run<G, Pairs>(m, d.S, k0, k1, P, d.ow, rows, std::min<int64_t>(32 / G, d.ow), 2 * (r.ti + rows) <= d.oh, e,
+                           res, y + at);
     }
   });
 }
 
 // The cache's key for U beside the geometry of the weights.
-cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, kXi, -kFilters}; }
+cpu::DerivedShape shape_key(const Wino& d) { return cpu::DerivedShape{d.k, d.c, d.xrows(), -kFilters}; }
 
 // The phases over vectors of virtual tiles, with the transforms for G rows of tiles a vector.
 struct Phases {
@@ -343,13 +413,17 @@ struct Phases {
 };
 Phases phases_of(const Wino& d) {
   const int64_t g = kLanes / std::min(kLanes, d.vw());
+  if (d.pairs) {
+    if (g != 4) throw Error("internal: conv's Winograd pairs need rows of 4 tiles");
+    return {transform_input<4, true>, transform_output<4, true>};
+  }
   if (g == 4) return {transform_input<4>, transform_output<4>};
   if (g == 2) return {transform_input<2>, transform_output<2>};
   return {transform_input<1>, transform_output<1>};
 }
 
 // Slots [T_begin, T_end) of the batch on this thread: sample n's virtual tile t is slot n spt + t, a sample
-// taking spt = vectors() x 16 slots. In chunks of at most 3 vectors, as even as they come (7: 3, 2, 2); a
+// taking spt = vectors() x tpv() slots. In chunks of at most 3 vectors, as even as they come (7: 3, 2, 2); a
 // chunk may take the end of one sample and the start of the next. `pad` holds one padded sample: a
 // sample's rows are padded as its chunks first need them. A range inside one sample (a band of rows of
 // a row-tiled group) starts at a row of tiles.
@@ -358,22 +432,23 @@ void run_slots(const Wino& d, const float* x, const float* U, const Epilogue& e,
   float* V = pad + d.pad_elems();
   float* M = V + d.v_elems();
   const Phases ph = phases_of(d);
-  const int64_t spt = d.vectors() * kLanes, vw = d.vw(), x_sample = d.c * d.h * d.w, y_sample = d.k * d.oh * d.ow;
+  const int64_t tpv = d.tpv(), spt = d.vectors() * tpv, vw = d.vw(), x_sample = d.c * d.h * d.w,
+                y_sample = d.k * d.oh * d.ow;
   int64_t padded = -1, padded_to = 0;  // the sample in `pad` and the end of its rows padded so far
   // Calls fn(sample, t0, t1, s0, s_end) for each sample's virtual tiles [t0, t1) of the chunk [A, B), at its
   // slots [s0, s_end) (to a whole vector at the chunk's end).
   auto segments = [&](int64_t A, int64_t B, auto&& fn) {
     for (int64_t at = A; at < B;) {
       const int64_t n = at / spt, end = std::min(B, (n + 1) * spt), t0 = at - n * spt;
-      const int64_t s_end = end == B ? (B - A + kLanes - 1) / kLanes * kLanes : end - A;
+      const int64_t s_end = end == B ? (B - A + tpv - 1) / tpv * tpv : end - A;
       fn(n, t0, std::min(d.vtiles(), end - n * spt), at - A, s_end);
       at = end;
     }
   };
-  const int64_t vectors = (T_end - T_begin + kLanes - 1) / kLanes, chunks = (vectors + kMaxVectors - 1) / kMaxVectors;
+  const int64_t vectors = (T_end - T_begin + tpv - 1) / tpv, chunks = (vectors + kMaxVectors - 1) / kMaxVectors;
   for (int64_t i = 0; i < chunks; ++i) {
-    const int64_t A = T_begin + vectors * i / chunks * kLanes,
-                  B = std::min(T_end, T_begin + vectors * (i + 1) / chunks * kLanes);
+    const int64_t A = T_begin + vectors * i / chunks * tpv,
+                  B = std::min(T_end, T_begin + vectors * (i + 1) / chunks * tpv);
     segments(A, B, [&](int64_t n, int64_t t0, int64_t t1, int64_t s0, int64_t s_end) {
       const int64_t r0 = 2 * (t0 / vw), r1 = 2 * ((t1 - 1) / vw) + 4;
       if (n != padded) padded = n, padded_to = r0;
@@ -381,7 +456,7 @@ void run_slots(const Wino& d, const float* x, const float* U, const Epilogue& e,
       padded_to = std::max(padded_to, r1);
       ph.input(d, pad, t0, t1, s0, s_end, V);
     });
-    multiply(d, U, V, 0, d.k8() / kFilters, (B - A + kLanes - 1) / kLanes, M);
+    multiply(d, U, V, 0, d.k8() / kFilters, (B - A + tpv - 1) / tpv, M);
     segments(A, B, [&](int64_t n, int64_t t0, int64_t t1, int64_t s0, int64_t) {
       ph.output(d, M, 0, d.k, t0, t1, s0, at_sample(e, n * y_sample), y + n * y_sample);
     });
@@ -458,30 +533,33 @@ void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_
   run(d, x, U, epilogue, y, ws, ws_bytes);
 }
 
+namespace {
+// One sample by rows on one thread: rows of 4 tiles (8x8 outputs) in pairs.
+Wino rows_wino(const Geom& g) {
+  Geom one = g;
+  one.n = 1;
+  return wino_of(one, 1, wino_of(one, 1).vw() == 4);
+}
+}  // namespace
+
+bool winograd_rows_apply(const Geom& g) { return winograd_applies(g); }
+
 cpu::Derived winograd_packed(const Geom& g, const float* w, uint64_t w_stamp) {
-  const Wino d = wino_of(g, 1);
+  const Wino d = rows_wino(g);
   return cpu::derived_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()),
                               [&](float* out) { pack(d, w, out); });
 }
 
-bool winograd_rows_apply(const Geom& g) {
-  // At batch 1 a band's rows of tiles should fill whole vectors: 8x8 outputs (4 rows of tiles a vector) in
-  // two bands would leave each half of one empty, and the direct kernels take them.
-  return winograd_applies(g) && (g.n > 1 || wino_of(g).vw() >= 8);
-}
-
 int64_t winograd_row_unit(const Geom& g) {
-  const Wino d = wino_of(g, 1);
-  return 2 * std::max<int64_t>(1, kLanes / d.vw());  // rows of tiles that fill a vector
+  const Wino d = rows_wino(g);
+  return 2 * std::max<int64_t>(1, d.tpv() / d.vw());  // rows of tiles that fill a vector
 }
 
-size_t winograd_rows_buffer(const Geom& g) { return static_cast<size_t>(wino_of(g, 1).part_elems()); }
+size_t winograd_rows_buffer(const Geom& g) { return static_cast<size_t>(rows_wino(g).part_elems()); }
 
 void winograd_rows(const Geom& g, const float* x, const float* U, const Epilogue& e, float* y, int64_t r0, int64_t r1,
                    float* buf) {
-  Geom one = g;
-  one.n = 1;
-  const Wino d = wino_of(one, 1);
+  const Wino d = rows_wino(g);
   run_slots(d, x, U, e, y, r0 / 2 * d.vw(), std::min(d.vtiles(), (r1 + 1) / 2 * d.vw()), buf);
 }
 
