@@ -7,8 +7,8 @@
 // XNNPACK's 3x3 convolutions. The transforms only add and subtract (and halve, for the weights), so
 // the error stays within a few times the direct sum's.
 //
-// The threads split the batch's tiles, each taking its share in chunks of up to 48 through the three
-// phases in turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. A chunk may take the end of
+// The threads split the batch's tiles, each taking its share in chunks of up to 48 (24 in pairs) through
+// the three phases in turn: the chunk's V (16 x C x 48) and M (16 x K x 48) stay in L2. A chunk may take the end of
 // one sample and the start of the next (8x8 outputs: 16 tiles a sample, 3 samples a chunk). Where one
 // sample would read a large U once a chunk, or has fewer vectors of tiles than there are threads, they
 // split the filters instead: each thread transforms the whole sample and reads its filters' part of U
