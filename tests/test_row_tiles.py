@@ -238,6 +238,27 @@ def test_bands_exchange_rows_instead_of_recomputing_them(restore_threads, thread
     assert f.plan_stats()["steps"] == layer_by_layer - 8  # the nine convolutions: one step
 
 
+def test_8x8_bands_take_winograd_in_pairs(restore_threads):
+    """Bands of 4 rows of an 8x8 image (8 tiles) run Winograd with two of a tile's values a vector
+    ("pairs"), summing the same products in the same order as the whole sample's layout: the chain on
+    two threads gives the one-thread plan's values bit for bit (the direct kernels would not)."""
+    rng = np.random.default_rng(8)
+    xv = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    w1, w2 = (rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05 for _ in range(2))
+    with kn.Graph():
+        x = kn.input("x", (None, 64, 8, 8))
+        W1, W2 = kn.Parameter(w1, name="w1"), kn.Parameter(w2, name="w2")
+        f = kn.function([x], kn.conv2d(kn.relu(kn.conv2d(x, W1, padding=1)), W2, padding=1), training=False)
+    kn.set_num_threads(1)
+    whole = f(xv)
+    kn.set_num_threads(2)
+    banded = f(xv)
+    assert f.plan_stats()["steps"] == 1
+    np.testing.assert_array_equal(banded, whole)
+    h = np.maximum(np_conv(xv.astype(np.float64), w1.astype(np.float64), padding=1), 0)
+    np.testing.assert_allclose(banded, np_conv(h, w2.astype(np.float64), padding=1), rtol=1e-4, atol=1e-4)
+
+
 def test_a_new_thread_count_makes_a_new_plan(restore_threads):
     """Plans are cut for the pool's size (tiled groups, workspaces): after set_num_threads the next call
     plans again, and gets the same values."""
