@@ -576,12 +576,10 @@ std::unique_ptr<RowConv> conv::RowConv::make(const std::vector<TensorSpec>& in, 
   if (!rows_in_bands(padded, weights) && weights * int64_t(sizeof(float)) > (256 << 10)) return nullptr;
   const ConvInputs at(in.size(), attrs);
   if (at.residual >= 0 && in[at.residual].shape != Shape{in[0].shape[0], g.k, g.out[1], g.out[2]}) return nullptr;
-  Geom batch = g;
-  batch.n = in[0].shape[0];
-  const RowKernel& kernel = winograd_rows_apply(batch) ? kWinogradRows
-                            : pointwise_applies(g)     ? kPointwiseRows
-                            : lanes_applies(g)         ? kLanesRows
-                                                       : kDirectRows;
+  const RowKernel& kernel = winograd_applies(g)    ? kWinogradRows
+                            : pointwise_applies(g) ? kPointwiseRows
+                            : lanes_applies(g)     ? kLanesRows
+                                                   : kDirectRows;
   return std::unique_ptr<RowConv>(new RowConv(g, attrs, in.size(), kernel));
 }
 

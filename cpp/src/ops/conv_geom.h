@@ -201,10 +201,9 @@ bool winograd_applies(const Geom& g);
 size_t winograd_workspace(const Geom& g);
 void winograd_forward(const Geom& g, const float* x, const float* w, uint64_t w_stamp, const Epilogue& e, float* out,
                       float* ws, size_t ws_bytes);
-// By output rows, as the direct kernel's, for the layers (of g's batch) where a row-tiled group takes them:
-// the transformed weights of a variable (cached), the output rows computed together, the floats of the
-// buffer a call works in, and output rows [r0, r1) of one sample on this thread.
-bool winograd_rows_apply(const Geom& g);
+// By output rows, as the direct kernel's, wherever winograd_applies: the transformed weights of a variable
+// (cached), the output rows computed together, the floats of the buffer a call works in, and output rows
+// [r0, r1) of one sample on this thread.
 cpu::Derived winograd_packed(const Geom& g, const float* w, uint64_t w_stamp);
 int64_t winograd_row_unit(const Geom& g);
 size_t winograd_rows_buffer(const Geom& g);

@@ -542,8 +542,6 @@ Wino rows_wino(const Geom& g) {
 }
 }  // namespace
 
-bool winograd_rows_apply(const Geom& g) { return winograd_applies(g); }
-
 cpu::Derived winograd_packed(const Geom& g, const float* w, uint64_t w_stamp) {
   const Wino d = rows_wino(g);
   return cpu::derived_weights(w, w_stamp, shape_key(d), static_cast<size_t>(d.packed()),
